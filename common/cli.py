@@ -1,0 +1,159 @@
+"""The command line every chapter shares: ``python -m chapters.NN_name [options]``.
+
+C++: main() in nginx.cxx (read the config, set up logging, open the listening sockets,
+run the event loop) and the SIGINT/SIGTERM handling of ngx_signal.cxx.
+
+What differs from the original: one process in the foreground (no master/worker fork, no
+daemon), and a signal asks for a clean shutdown (every thread joined, every socket
+closed) instead of the process dying where it stands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+
+from common.config import DEFAULT_CONFIG, Config, ConfigError
+from common.log import parse_level, setup_logging
+from common.platform import UnsupportedPlatform
+
+log = logging.getLogger("cli")
+
+
+def build_parser(package: str, title: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {package}",
+        description=f"{title}: {description}",
+        epilog="Stop it with Ctrl-C (or SIGTERM): it closes every connection and exits 0.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help="config file in the original's nginx.conf format (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        help="listen on this one port instead of the config's ListenPort keys (0: any free port)",
+    )
+    parser.add_argument(
+        "--host", metavar="ADDR", help="address to bind instead of the config's ListenAddress"
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="0-8 as in the original, or a name: stderr emerg alert crit error warn notice "
+        "info debug (default: the config's LogLevel)",
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="show the server's counters live, refreshed once a second",
+    )
+    return parser
+
+
+def main(package: str, argv: list[str] | None = None) -> int:
+    """Run chapter ``package`` (e.g. ``chapters.01_listen``) until a signal stops it."""
+    chapter = importlib.import_module(package)
+    title = getattr(chapter, "TITLE", package)
+    # The docstring's first line is "Chapter N: what it adds"; --help shows the part after ':'.
+    first_line = (chapter.__doc__ or "").strip().splitlines()[0]
+    description = first_line.partition(": ")[2] or first_line
+    args = build_parser(package, title, description).parse_args(argv)
+    err = Console(stderr=True)
+
+    try:
+        config = Config.load(args.config)
+        overrides: dict[str, object] = {}
+        if args.port is not None:
+            if not 0 <= args.port <= 65535:
+                raise ConfigError("--port", None, f"must be 0-65535, got {args.port}")
+            overrides.update(ListenPortCount=1, ListenPort0=args.port)
+        if args.host is not None:
+            overrides["ListenAddress"] = args.host
+        config = config.with_overrides(**overrides)
+        level = parse_level(args.log_level or config.get_str("LogLevel"))
+    except (ConfigError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+
+    setup_logging(level)
+    try:
+        server_module = importlib.import_module(f"{package}.server")
+        server = server_module.Server(config)
+    except UnsupportedPlatform as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except ConfigError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot start the server: {exc}", highlight=False)
+        return 1
+
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as exc:  # reported by the main thread, then a clean exit 1
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    thread = threading.Thread(target=serve, name="serve", daemon=True)
+    thread.start()
+    try:
+        if args.dashboard:
+            _run_dashboard(server, title, stop)
+        else:
+            # A timed wait, so the main thread returns to the interpreter often enough to run
+            # the signal handler promptly.
+            while not stop.wait(0.5):
+                pass
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    if failure:
+        log.critical("the server stopped on an error: %r", failure[0])
+        return 1
+    stats = server.stats()
+    err.print(
+        f"[green]Goodbye:[/] {package} stopped cleanly "
+        f"({stats.get('accepted', 0)} connections served).",
+        highlight=False,
+    )
+    return 0
+
+
+def _run_dashboard(server: object, title: str, stop: threading.Event) -> None:
+    from rich.live import Live
+
+    from common.dashboard import render
+
+    with Live(render(server.stats(), title), refresh_per_second=1, screen=False) as live:  # type: ignore[attr-defined]
+        while not stop.wait(1.0):
+            live.update(render(server.stats(), title))  # type: ignore[attr-defined]
+
+
+def run(package: str) -> None:
+    """Entry point for a chapter's ``__main__.py``."""
+    sys.exit(main(package))

@@ -1,0 +1,171 @@
+"""The harness every test uses: find the chapters, run a server in-process, stop it.
+
+Chapters are found on disk and imported with ``importlib`` (``chapters.04_sendqueue`` is
+not a valid ``import`` name). A test asks for a running server with the ``serve`` fixture
+and states the features it needs with ``@pytest.mark.features(...)``; chapters without
+them are skipped visibly (``-ra`` prints why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from common.client import Client
+from common.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTER_DIR = ROOT / "chapters"
+CHAPTERS = sorted(
+    p.name for p in CHAPTER_DIR.iterdir() if p.is_dir() and re.fullmatch(r"\d\d_[a-z_]+", p.name)
+)
+
+# Test defaults: any free port on loopback, an in-memory user store with cheap hashing, and
+# short intervals so nothing waits on the shipped config's 150-second recycle time.
+TEST_CONFIG = """
+ListenAddress = 127.0.0.1
+ListenPortCount = 1
+ListenPort0 = 0
+worker_connections = 1024
+Sock_RecyConnectionWaitTime = 0.2
+ProcMsgRecvWorkThreadCount = 4
+Sock_WaitTimeEnable = 0
+Sock_MaxWaitTime = 20
+Sock_TimeOutKick = 0
+Sock_FloodAttackKickEnable = 0
+UserDatabase = :memory:
+PasswordHashIterations = 1000
+"""
+
+
+def test_config(**overrides: object) -> Config:
+    return Config.from_text(TEST_CONFIG, "<test config>").with_overrides(**overrides)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+def load_chapter(name: str) -> ModuleType:
+    return importlib.import_module(f"chapters.{name}")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds. Polling with a
+    deadline (never a bare sleep) is how tests synchronise with server threads."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+class RunningServer:
+    """A chapter's ``Server`` running ``serve_forever`` on a thread, on an ephemeral port."""
+
+    def __init__(self, chapter: str, config: Config) -> None:
+        self.chapter = chapter
+        module = importlib.import_module(f"chapters.{chapter}.server")
+        self.server = module.Server(config)
+        self.host, self.port = self.server.addresses[0]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name=f"serve-{chapter}", daemon=True
+        )
+        self.thread.start()
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.host, self.port, timeout=timeout)
+
+    def raw(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def stats(self) -> dict:
+        return self.server.stats()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "serve_forever did not return after shutdown()"
+
+
+@pytest.fixture(params=CHAPTERS)
+def chapter(request: pytest.FixtureRequest) -> str:
+    name = request.param
+    needed = set()
+    for marker in request.node.iter_markers("features"):
+        needed.update(marker.args)
+    have = load_chapter(name).FEATURES
+    missing = needed - have
+    if missing:
+        pytest.skip(f"{name} lacks {', '.join(sorted(missing))}")
+    return name
+
+
+@pytest.fixture
+def serve(chapter: str) -> Iterator[Callable[..., RunningServer]]:
+    """``serve(**config_overrides)`` starts the parametrised chapter; all are stopped after."""
+    started: list[RunningServer] = []
+
+    def start(**overrides: object) -> RunningServer:
+        running = RunningServer(chapter, test_config(**overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "features(*names): chapter features the test needs")
+
+
+# -- socket helpers ----------------------------------------------------------------------
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes (fails on EOF first); the socket's timeout bounds each read."""
+    chunks = bytearray()
+    while len(chunks) < n:
+        data = sock.recv(n - len(chunks))
+        if not data:
+            raise AssertionError(f"EOF after {len(chunks)} of {n} bytes")
+        chunks += data
+    return bytes(chunks)
+
+
+def recv_until_eof(sock: socket.socket, limit: int = 64 * 1024 * 1024) -> bytes:
+    """Everything until the server closes; a reset counts as a close."""
+    chunks = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while len(chunks) < limit:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks += data
+    return bytes(chunks)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN (SO_LINGER with a zero timeout)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def assert_closed_by_server(sock: socket.socket) -> None:
+    """The server closed this connection: a read returns EOF (or a reset)."""
+    try:
+        data = sock.recv(65536)
+        while data:
+            data = sock.recv(65536)
+    except ConnectionResetError:
+        pass
