@@ -29,6 +29,12 @@ CHAPTER_DIR = ROOT / "chapters"
 CHAPTERS = sorted(
     p.name for p in CHAPTER_DIR.iterdir() if p.is_dir() and re.fullmatch(r"\d\d_[a-z_]+", p.name)
 )
+# Where each target's Server lives. The asyncio baseline of the benchmarks (no chapter
+# features) joins the shared protocol tests when it exists.
+SERVER_MODULES = {name: f"chapters.{name}.server" for name in CHAPTERS}
+if (ROOT / "common" / "asyncio_server.py").exists():
+    SERVER_MODULES["asyncio"] = "common.asyncio_server"
+TARGETS = list(SERVER_MODULES)
 
 # Test defaults: any free port on loopback, an in-memory user store with cheap hashing, and
 # short intervals so nothing waits on the shipped config's 150-second recycle time.
@@ -56,7 +62,10 @@ test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, despit
 
 
 def load_chapter(name: str) -> ModuleType:
-    return importlib.import_module(f"chapters.{name}")
+    """The chapter package (TITLE, FEATURES …); for the baseline, its server module."""
+    if name in CHAPTERS:
+        return importlib.import_module(f"chapters.{name}")
+    return importlib.import_module(SERVER_MODULES[name])
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
@@ -74,7 +83,7 @@ class RunningServer:
 
     def __init__(self, chapter: str, config: Config) -> None:
         self.chapter = chapter
-        module = importlib.import_module(f"chapters.{chapter}.server")
+        module = importlib.import_module(SERVER_MODULES[chapter])
         self.server = module.Server(config)
         self.host, self.port = self.server.addresses[0]
         self.thread = threading.Thread(
@@ -97,7 +106,7 @@ class RunningServer:
         assert not self.thread.is_alive(), "serve_forever did not return after shutdown()"
 
 
-@pytest.fixture(params=CHAPTERS)
+@pytest.fixture(params=TARGETS)
 def chapter(request: pytest.FixtureRequest) -> str:
     name = request.param
     needed = set()
