@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import select
-import socket
 import threading
 import time
 
