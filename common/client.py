@@ -73,7 +73,9 @@ class Client:
                 raise ServerClosed("the server closed the connection")
             for event in self.parser.feed(data):
                 if isinstance(event, ProtocolError):
-                    raise ValueError(f"server sent a malformed header: {event}")
+                    raise ValueError(
+                        f"server sent a malformed header (length {event.length}: {event.reason})"
+                    )
                 self._ready.append(event)
         return self._ready.pop(0)
 
@@ -118,6 +120,17 @@ def _status_name(value: int) -> str:
         return f"status {value}"
 
 
+def _port(text: str) -> int:
+    """argparse type for --port: without it the OS wraps 70000 round to 4464."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {port}")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.client",
@@ -126,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["ping", "register", "login"])
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=5678, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=5678, help="server port (default: %(default)s)"
+    )
     parser.add_argument(
         "--count", type=int, default=1, help="requests to send, one after another (default: 1)"
     )
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if not args.timeout > 0:  # 0 would make the socket non-blocking, < 0 raises
+        parser.error("--timeout must be more than 0 seconds")
     console = Console()
     if args.command == "ping":
         request = ping_packet()
@@ -164,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
                     view.outcome,
                     f"{elapsed:.1f}",
                 )
-    except (ConnectionRefusedError, ServerClosed, TimeoutError, OSError) as exc:
+    except (OSError, ValueError) as exc:
+        # OSError covers refused, reset, timed out, unknown host and ServerClosed;
+        # ValueError is a reply with a malformed header.
         if table.row_count:
             console.print(table)
-        reason = "timed out waiting for a reply" if isinstance(exc, TimeoutError) else exc
-        Console(stderr=True).print(f"[bold red]error:[/] {reason}", highlight=False)
+        if isinstance(exc, TimeoutError):
+            reason = "timed out waiting for a reply"
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:
+            reason = str(exc)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {args.host}:{args.port}: {reason}", highlight=False
+        )
         return 1
     console.print(table)
     return 0

@@ -15,6 +15,7 @@ the line.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,16 @@ KNOWN_KEYS: dict[str, str] = {
     "UserDatabase": ":memory:",
     "PasswordHashIterations": "600000",
 }
-_KNOWN_LOWER = {k.lower() for k in KNOWN_KEYS}
+_KNOWN_LOWER = {k.lower(): v for k, v in KNOWN_KEYS.items()}
+
+# Line breaks as editors count them. str.splitlines() also splits on form feed, U+2028 and
+# friends, which would turn part of a comment into a bogus "key = value" line and shift the
+# line numbers every error message quotes.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Plain ASCII numbers only: int() and float() also take "1_000" and non-ASCII digits, which
+# the original's atoi reads differently (as 1), so the same file would mean two things.
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 
 
 class ConfigError(Exception):
@@ -87,7 +97,9 @@ class Config:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
+            # The "utf-8-sig" codec counts offsets after the BOM it skipped.
+            offset = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+            line = len(_LINE_BREAK.split(raw[:offset].decode("utf-8-sig")))
             raise ConfigError(str(path), line, "not valid UTF-8") from None
         return cls.from_text(text, str(path), path.resolve().parent)
 
@@ -95,7 +107,7 @@ class Config:
     def from_text(cls, text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
         text = text.removeprefix("\ufeff")
         entries: dict[str, _Entry] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_LINE_BREAK.split(text), start=1):
             if not line.strip() or line[0] in "#;[ \t":
                 continue
             key, sep, value = line.partition("=")
@@ -113,9 +125,12 @@ class Config:
         return cls(entries, source, base_dir or Path.cwd())
 
     def with_overrides(self, **values: object) -> Config:
+        """A copy with ``values`` replacing (or adding) keys. ``True``/``False`` become the
+        file's ``1``/``0``, so ``with_overrides(Sock_WaitTimeEnable=True)`` reads back."""
         entries = dict(self._entries)
         for key, value in values.items():
-            entries[key.lower()] = _Entry(key, str(value), None)
+            text = str(int(value)) if isinstance(value, bool) else str(value)
+            entries[key.lower()] = _Entry(key, text, None)
         return Config(entries, self.source, self.base_dir)
 
     # -- typed getters -------------------------------------------------------------------
@@ -125,7 +140,7 @@ class Config:
             return entry
         if default is not None:
             return _Entry(key, str(default), None)
-        fallback = KNOWN_KEYS.get(key)
+        fallback = _KNOWN_LOWER.get(key.lower())
         return None if fallback is None else _Entry(key, fallback, None)
 
     def get_str(self, key: str, default: str | None = None) -> str:
@@ -138,12 +153,11 @@ class Config:
         entry = self._lookup(key, default)
         if entry is None:
             raise ConfigError(self.source, None, f"missing required key {key!r}")
-        try:
-            value = int(entry.value, 10)
-        except ValueError:
+        if not _INT.fullmatch(entry.value):
             raise ConfigError(
                 self.source, entry.line, f"{entry.key} must be an integer, got {entry.value!r}"
-            ) from None
+            )
+        value = int(entry.value)
         if minimum is not None and value < minimum:
             raise ConfigError(
                 self.source, entry.line, f"{entry.key} must be >= {minimum}, got {value}"
@@ -156,13 +170,12 @@ class Config:
         entry = self._lookup(key, default)
         if entry is None:
             raise ConfigError(self.source, None, f"missing required key {key!r}")
-        try:
-            value = float(entry.value)
-        except ValueError:
+        if not _FLOAT.fullmatch(entry.value):
             raise ConfigError(
                 self.source, entry.line, f"{entry.key} must be a number, got {entry.value!r}"
-            ) from None
-        if value != value or value in (float("inf"), float("-inf")):
+            )
+        value = float(entry.value)
+        if value in (float("inf"), float("-inf")):  # "1e999"
             raise ConfigError(self.source, entry.line, f"{entry.key} must be a finite number")
         if minimum is not None and value < minimum:
             raise ConfigError(

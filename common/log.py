@@ -39,7 +39,8 @@ def parse_level(text: str | int) -> int:
     Python logging level. Raises ``ValueError`` with the accepted values."""
     value = str(text).strip().lower()
     value = _ALIASES.get(value, value)
-    if value.isdigit() and 0 <= int(value) <= 8:
+    # isascii: str.isdigit() is also true for "²" and "٣", which int() rejects or misreads.
+    if value.isascii() and value.isdigit() and 0 <= int(value) <= 8:
         return _NGX_TO_PY[int(value)]
     if value in NGX_LEVEL_NAMES:
         return _NGX_TO_PY[NGX_LEVEL_NAMES.index(value)]

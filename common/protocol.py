@@ -68,8 +68,18 @@ PING_PACKET = encode_packet(MsgCode.PING)
 
 def _fixed(text: str | bytes, size: int) -> bytes:
     """NUL-pad (or cut) to ``size`` bytes and force the last byte to NUL, as the original
-    does before it trusts a C string from the wire."""
-    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    does before it trusts a C string from the wire.
+
+    A ``str`` is cut at a character boundary: cutting its UTF-8 mid-character would put
+    invalid UTF-8 on the wire (and a replacement character in the echoed reply). A lone
+    surrogate (a command-line argument that was not valid UTF-8) becomes ``?`` instead of
+    raising. ``bytes`` are cut where they are: they are what the caller wants on the wire."""
+    if isinstance(text, str):
+        raw = text.encode("utf-8", errors="replace")
+        if len(raw) > size - 1:
+            raw = raw[: size - 1].decode("utf-8", errors="ignore").encode("utf-8")
+    else:
+        raw = bytes(text)
     return raw[: size - 1].ljust(size, b"\0")
 
 

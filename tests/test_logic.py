@@ -1,0 +1,404 @@
+"""The business logic without a network: validation, drop reasons, the user store, and the
+small shared pieces every chapter leans on (log levels, thread-safe counters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+from common.config import Config
+from common.log import NOTICE, parse_level
+from common.logic import PING_OUTCOME, DropReason, Logic, Outcome, UserStore
+from common.protocol import (
+    HEADER_LEN,
+    PING_PACKET,
+    Login,
+    MsgCode,
+    Packet,
+    Register,
+    Status,
+)
+from common.stats import Counters
+
+ITERATIONS = 1000  # cheap hashes: the cost is not what these tests are about
+JOIN_TIMEOUT = 30
+
+
+@pytest.fixture
+def logic():
+    lg = Logic(UserStore(":memory:", ITERATIONS))
+    yield lg
+    lg.close()
+
+
+def packet(code: int, body: bytes = b"", crc: int | None = None) -> Packet:
+    """A packet as the parser hands it over; ``crc`` defaults to the correct one."""
+    if crc is None:
+        crc = zlib.crc32(body) if body else 0
+    return Packet(code, crc, body)
+
+
+def register_body(username: str, password: str, itype: int = 0) -> bytes:
+    return Register(itype, username, password).encode()
+
+
+def login_body(username: str, password: str) -> bytes:
+    return Login(username, password).encode()
+
+
+def expected_reply(code: int, body: bytes) -> bytes:
+    """Written out by hand (not with encode_packet) so the test does not trust the code
+    under test to build its own expectation."""
+    return (
+        (HEADER_LEN + len(body)).to_bytes(2, "big")
+        + code.to_bytes(2, "big")
+        + zlib.crc32(body).to_bytes(4, "big")
+        + body
+    )
+
+
+def register_reply(status: Status, username: str) -> bytes:
+    body = (
+        int(status).to_bytes(4, "big")
+        + username.encode().ljust(56, b"\0")
+        + status.name.encode().ljust(40, b"\0")
+    )
+    return expected_reply(5, body)
+
+
+def login_reply(status: Status, username: str) -> bytes:
+    return expected_reply(
+        6, username.encode().ljust(56, b"\0") + status.name.encode().ljust(40, b"\0")
+    )
+
+
+# -- validation and drop reasons ------------------------------------------------------------
+
+
+def test_ping_fast_path(logic):
+    outcome = logic.handle(packet(MsgCode.PING))
+    assert outcome is PING_OUTCOME  # shared, allocation-free
+    assert outcome == Outcome(b"\x00\x08\x00\x00\x00\x00\x00\x00", None, True)
+    assert outcome.reply == PING_PACKET
+
+
+GOOD_REGISTER = register_body("u", "p")
+
+
+@pytest.mark.parametrize(
+    "pkt, reason",
+    [
+        # CRC first: a wrong CRC wins over every other fault
+        (packet(MsgCode.REGISTER, GOOD_REGISTER, crc=1), DropReason.BAD_CRC),
+        (packet(MsgCode.REGISTER, b"short", crc=1), DropReason.BAD_CRC),
+        (packet(3, b"x", crc=0), DropReason.BAD_CRC),
+        (packet(MsgCode.PING, b"x", crc=0), DropReason.BAD_CRC),
+        (packet(MsgCode.PING, crc=5), DropReason.CRC_ON_EMPTY),
+        (packet(999, crc=5), DropReason.CRC_ON_EMPTY),
+        (packet(MsgCode.REGISTER, crc=1), DropReason.CRC_ON_EMPTY),
+        # then the code: reserved 1-4 and unknown codes, whatever the size
+        *[(packet(code, GOOD_REGISTER), DropReason.UNKNOWN_CODE) for code in (1, 2, 3, 4)],
+        (packet(7, b"abc"), DropReason.UNKNOWN_CODE),
+        (packet(0xFFFF), DropReason.UNKNOWN_CODE),
+        (packet(MsgCode.PING, b"\0"), DropReason.BODY_ON_PING),
+        # then the handler's size check
+        (packet(MsgCode.REGISTER, GOOD_REGISTER[:-1]), DropReason.WRONG_SIZE),
+        (packet(MsgCode.REGISTER, GOOD_REGISTER + b"\0"), DropReason.WRONG_SIZE),
+        (packet(MsgCode.REGISTER), DropReason.WRONG_SIZE),
+        (packet(MsgCode.LOGIN, login_body("u", "p") + b"\0"), DropReason.WRONG_SIZE),
+        (packet(MsgCode.LOGIN, GOOD_REGISTER), DropReason.WRONG_SIZE),  # 100 bytes, not 96
+        (packet(MsgCode.LOGIN), DropReason.WRONG_SIZE),
+    ],
+)
+def test_drop_reasons_in_validation_order(logic, pkt, reason):
+    assert logic.handle(pkt) == Outcome(None, reason, False)
+    assert logic.store.count() == 0  # nothing reached the store
+
+
+def test_every_drop_reason_is_covered():
+    # keeps the table above honest when a reason is added
+    assert {r.value for r in DropReason} == {
+        "bad_crc",
+        "crc_on_empty",
+        "unknown_code",
+        "wrong_size",
+        "body_on_ping",
+    }
+
+
+def test_register_ignores_request_itype(logic):
+    outcome = logic.handle(packet(MsgCode.REGISTER, register_body("x", "y", itype=-77)))
+    assert outcome.reply == register_reply(Status.OK, "x")
+
+
+# -- register / login outcomes, exact bytes -----------------------------------------------
+
+
+def test_register_and_login_outcomes(logic):
+    def reg(user: str, pw: str) -> bytes | None:
+        return logic.handle(packet(MsgCode.REGISTER, register_body(user, pw))).reply
+
+    def log_in(user: str, pw: str) -> bytes | None:
+        return logic.handle(packet(MsgCode.LOGIN, login_body(user, pw))).reply
+
+    assert reg("alice", "pw1") == register_reply(Status.OK, "alice")
+    assert reg("alice", "other") == register_reply(Status.EXISTS, "alice")
+    assert log_in("alice", "pw1") == login_reply(Status.OK, "alice")
+    assert log_in("alice", "pw2") == login_reply(Status.BAD_PASSWORD, "alice")
+    assert log_in("Alice", "pw1") == login_reply(Status.NO_USER, "Alice")  # names are exact
+    assert log_in("bob", "pw1") == login_reply(Status.NO_USER, "bob")
+    assert reg("", "pw") == register_reply(Status.INVALID, "")
+    assert log_in("", "pw") == login_reply(Status.INVALID, "")
+    assert reg("\0hidden", "pw") == register_reply(Status.INVALID, "")  # C string: empty
+    assert logic.store.count() == 1
+
+
+def test_reply_lengths_and_every_byte_defined(logic):
+    reg = logic.handle(packet(MsgCode.REGISTER, register_body("carol", "pw"))).reply
+    log_in = logic.handle(packet(MsgCode.LOGIN, login_body("carol", "nope"))).reply
+    assert reg is not None and log_in is not None
+    assert (len(reg), len(log_in)) == (108, 104)
+    assert reg[HEADER_LEN:] == b"\0\0\0\0carol" + b"\0" * 51 + b"OK" + b"\0" * 38
+    assert log_in[HEADER_LEN:] == b"carol" + b"\0" * 51 + b"BAD_PASSWORD" + b"\0" * 28
+    assert b"pw" not in reg + log_in and b"nope" not in log_in  # reference bug 2
+
+
+def test_long_username_is_echoed_cut(logic):
+    name = "n" * 80  # the client cuts it to 55 bytes; the reply echoes what was stored
+    reply = logic.handle(packet(MsgCode.REGISTER, register_body(name, "pw"))).reply
+    assert reply == register_reply(Status.OK, "n" * 55)
+
+
+# -- the user store ---------------------------------------------------------------------
+
+
+def rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT username, salt, iterations, hash FROM users ORDER BY username"
+        ).fetchall()
+
+
+def test_passwords_never_stored_in_clear(tmp_path):
+    path = tmp_path / "users.db"
+    store = UserStore(str(path), ITERATIONS)
+    try:
+        assert store.register("ann", "same password") == Status.OK
+        assert store.register("ben", "same password") == Status.OK
+    finally:
+        store.close()
+    (u1, salt1, it1, hash1), (u2, salt2, it2, hash2) = rows(path)
+    assert (u1, u2) == ("ann", "ben")
+    assert len(salt1) == len(salt2) == UserStore.SALT_LEN == 16
+    assert salt1 != salt2 and hash1 != hash2  # one salt per user: equal passwords look different
+    assert it1 == it2 == ITERATIONS
+    for salt, digest in ((salt1, hash1), (salt2, hash2)):
+        assert digest == hashlib.pbkdf2_hmac("sha256", b"same password", salt, ITERATIONS)
+    assert b"same password" not in path.read_bytes()
+
+
+def test_file_store_persists_across_instances(tmp_path):
+    path = tmp_path / "nested" / "dir" / "users.db"  # parent folders are created
+    first = UserStore(str(path), ITERATIONS)
+    assert first.register("dora", "pw") == Status.OK
+    first.close()
+    second = UserStore(str(path), 2 * ITERATIONS)
+    try:
+        assert second.count() == 1
+        assert second.login("dora", "pw") == Status.OK  # checked with the stored iterations
+        assert second.login("dora", "px") == Status.BAD_PASSWORD
+        assert second.register("dora", "x") == Status.EXISTS
+    finally:
+        second.close()
+
+
+def test_logic_from_config_uses_path_relative_to_config(tmp_path):
+    conf = tmp_path / "server.conf"
+    conf.write_text("UserDatabase = db/users.sqlite3\nPasswordHashIterations = 1000\n")
+    logic = Logic.from_config(Config.load(conf))
+    try:
+        assert logic.store.path == str(tmp_path.resolve() / "db" / "users.sqlite3")
+        assert logic.store.iterations == 1000
+        logic.store.register("eve", "pw")
+    finally:
+        logic.close()
+    assert [r[0] for r in rows(tmp_path / "db" / "users.sqlite3")] == ["eve"]
+
+
+def test_store_rejects_zero_iterations():
+    with pytest.raises(ValueError):
+        UserStore(":memory:", 0)
+
+
+def run_threads(n: int, target, *args) -> list:
+    """Start ``n`` threads on ``target(i, *args)`` at the same moment; return the results."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=JOIN_TIMEOUT)
+            results[i] = target(i, *args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    assert errors == []
+    return results
+
+
+def test_concurrent_registrations_of_one_name():
+    store = UserStore(":memory:", ITERATIONS)
+    try:
+        results = run_threads(8, lambda i: store.register("zed", f"pw{i}"))
+        assert sorted(results) == [Status.OK] + [Status.EXISTS] * 7
+        winner = results.index(Status.OK)
+        assert store.login("zed", f"pw{winner}") == Status.OK
+        assert store.count() == 1
+    finally:
+        store.close()
+
+
+def test_user_store_is_thread_safe():
+    store = UserStore(":memory:", ITERATIONS)
+    per_thread = 25
+
+    def work(i: int) -> list[Status]:
+        out = []
+        for j in range(per_thread):
+            out.append(store.register(f"user{i}-{j}", f"pw{j}"))
+            out.append(store.login(f"user{i}-{j}", f"pw{j}"))
+            out.append(store.login(f"user{(i + 1) % 8}-{j}", "wrong"))
+        return out
+
+    try:
+        results = run_threads(8, work)
+        flat = [s for r in results for s in r]
+        assert flat.count(Status.OK) == 2 * 8 * per_thread
+        assert set(flat) <= {Status.OK, Status.BAD_PASSWORD, Status.NO_USER}
+        assert store.count() == 8 * per_thread
+    finally:
+        store.close()
+
+
+def test_logic_handle_from_threads_keeps_replies_apart(logic):
+    """Worker threads share one Logic: each reply must echo its own request."""
+
+    def work(i: int) -> list[bytes | None]:
+        return [
+            logic.handle(packet(MsgCode.REGISTER, register_body(f"t{i}", "pw"))).reply,
+            logic.handle(packet(MsgCode.LOGIN, login_body(f"t{i}", "pw"))).reply,
+        ]
+
+    results = run_threads(8, work)
+    for i, (reg, log_in) in enumerate(results):
+        assert reg == register_reply(Status.OK, f"t{i}")
+        assert log_in == login_reply(Status.OK, f"t{i}")
+
+
+# -- log levels -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, level",
+    [
+        (0, logging.CRITICAL),
+        ("1", logging.CRITICAL),
+        ("2", logging.CRITICAL),
+        ("3", logging.CRITICAL),
+        ("4", logging.ERROR),
+        ("5", logging.WARNING),
+        ("6", NOTICE),
+        ("7", logging.INFO),
+        (8, logging.DEBUG),
+        ("stderr", logging.CRITICAL),
+        ("emerg", logging.CRITICAL),
+        ("alert", logging.CRITICAL),
+        ("crit", logging.CRITICAL),
+        ("error", logging.ERROR),
+        ("warn", logging.WARNING),
+        ("notice", NOTICE),
+        ("info", logging.INFO),
+        ("debug", logging.DEBUG),
+        ("err", logging.ERROR),
+        ("warning", logging.WARNING),
+        ("critical", logging.CRITICAL),
+        (" DEBUG ", logging.DEBUG),
+        ("Notice", NOTICE),
+        ("06", NOTICE),
+    ],
+)
+def test_parse_level(text, level):
+    assert parse_level(text) == level
+
+
+def test_notice_sits_between_info_and_warning():
+    assert logging.INFO < NOTICE < logging.WARNING
+    assert logging.getLevelName(NOTICE) == "NOTICE"
+
+
+@pytest.mark.parametrize("text", ["9", "-1", "", "verbose", "²", "٣", "1.5", 42])
+def test_parse_level_rejects(text):
+    with pytest.raises(ValueError) as info:
+        parse_level(text)
+    message = str(info.value)
+    assert message.startswith("log level must be 0-8 or one of stderr, emerg, alert")
+    assert message.endswith(f"got {text!r}")
+
+
+# -- counters -----------------------------------------------------------------------------
+
+
+def test_counters_lose_no_update_across_threads():
+    counters = Counters(["hits"])
+    per_thread = 20_000
+
+    def work(i: int) -> None:
+        for _ in range(per_thread):
+            counters.add("hits")
+            counters.add("drops.bad_crc", 2)
+        counters.add(f"by_thread.t{i}", i)
+
+    # Switch threads as often as the interpreter allows, so an unguarded read-add-write
+    # has every chance to interleave.
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        run_threads(8, work)
+    finally:
+        sys.setswitchinterval(old)
+    assert counters.get("hits") == 8 * per_thread
+    assert counters.get("drops.bad_crc") == 2 * 8 * per_thread
+    snap = counters.snapshot()
+    assert snap["hits"] == 8 * per_thread
+    assert snap["by_thread"] == {f"t{i}": i for i in range(8)}
+
+
+def test_counters_snapshot_nesting_and_zeros():
+    counters = Counters(["accepted", "drops.bad_crc", "drops.wrong_size"])
+    counters.add("drops.bad_crc", 3)
+    counters.add("kicks.flood")
+    counters.add("accepted", 0)
+    assert counters.snapshot() == {
+        "accepted": 0,
+        "drops": {"bad_crc": 3, "wrong_size": 0},
+        "kicks": {"flood": 1},
+    }
+    assert counters.get("never.seen") == 0
+    snap = counters.snapshot()
+    snap["drops"]["bad_crc"] = 99  # a copy: the counters are untouched
+    assert counters.get("drops.bad_crc") == 3
