@@ -36,6 +36,7 @@ KNOWN_KEYS: dict[str, str] = {
     "Sock_RecyConnectionWaitTime": "60",
     "Sock_SendQueueLimit": "50000",
     "Sock_SendBacklogLimit": "400",
+    "Sock_SendBufferSize": "0",
     "Sock_WaitTimeEnable": "0",
     "Sock_MaxWaitTime": "20",
     "Sock_TimeOutKick": "0",

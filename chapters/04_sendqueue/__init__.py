@@ -1,0 +1,16 @@
+"""Chapter 4: worker threads run the logic, a semaphore-driven send thread writes the replies.
+
+Builds on chapter 3; adds the worker pool and the send queue. The event loop only reads,
+parses and hands complete packets to a pool of worker threads; the workers run the
+(now expensive) logic and put replies on a send queue; a send thread woken by a semaphore
+writes them, falling back to EPOLLOUT when the kernel buffer is full. A slow login no
+longer stalls every other client, and a client that does not take its replies is kicked.
+"""
+
+TITLE = "Chapter 4 (04_sendqueue)"
+FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue"})
+
+# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
+# chapter 3; every other file is an identical copy.
+ADDS = frozenset({"sendqueue.py", "workers.py"})
+CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

@@ -1,0 +1,267 @@
+"""Worker pool and send queue (chapter 4 and later)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from common.client import login_packet, register_packet
+from common.logic import UserStore
+from common.protocol import PING_PACKET, Login, MsgCode, Register, Status, encode_packet
+from tests.conftest import (
+    assert_closed_by_server,
+    recv_exactly,
+    recv_until_eof,
+    reset,
+    wait_until,
+)
+
+pytestmark = pytest.mark.features("sendqueue")
+
+
+def login_reply(status: Status, username: str) -> bytes:
+    return encode_packet(MsgCode.LOGIN, Login(username, status.name).encode())
+
+
+def register_reply(status: Status, username: str) -> bytes:
+    return encode_packet(MsgCode.REGISTER, Register(int(status), username, status.name).encode())
+
+
+class GatedStore(UserStore):
+    """A user store whose register() blocks until the test opens the gate: a login that
+    takes as long as the test wants, without measuring any duration."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:", iterations=1000)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def register(self, username: str, password: str) -> Status:
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise AssertionError("gate never opened")
+        return super().register(username, password)
+
+
+def _mixed_stream(n: int) -> tuple[bytes, bytes]:
+    """n requests, mostly pings, every 97th a login for a distinct unknown user (cheap: no
+    hash), so the replies' order is visible in the bytes."""
+    requests, replies = [], []
+    for i in range(n):
+        if i % 97 == 0:
+            name = f"u{i}"
+            requests.append(login_packet(name, "x"))
+            replies.append(login_reply(Status.NO_USER, name))
+        else:
+            requests.append(PING_PACKET)
+            replies.append(PING_PACKET)
+    return b"".join(requests), b"".join(replies)
+
+
+def test_slow_reader_with_tiny_buffer_gets_everything_in_order(serve):
+    """Partial writes and EPOLLOUT are exercised: the server's writes stop fitting."""
+    srv = serve(Sock_SendBacklogLimit=1_000_000, Sock_SendBufferSize=4096)
+    request, want = _mixed_stream(20000)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.settimeout(30)
+    sock.connect((srv.host, srv.port))
+    sender = threading.Thread(target=sock.sendall, args=(request,), daemon=True)
+    sender.start()
+    got = bytearray()
+    try:
+        while len(got) < len(want):
+            chunk = sock.recv(512)  # small reads: the reader is slower than the server
+            assert chunk, f"server closed after {len(got)} of {len(want)} bytes"
+            got += chunk
+    finally:
+        sender.join(timeout=30)
+        sock.close()
+    assert bytes(got) == want
+    assert srv.stats()["epollout_armed"] > 0
+    assert srv.stats()["kicks"]["send_backlog"] == 0
+
+
+def test_client_that_never_reads_is_kicked_and_others_unaffected(serve):
+    srv = serve()  # the original's 400
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    hog.settimeout(30)
+    hog.connect((srv.host, srv.port))
+    hog.setblocking(False)
+    burst = PING_PACKET * 8192
+    kicked = threading.Event()
+
+    def flood() -> None:
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not kicked.is_set():
+            try:
+                hog.send(burst)
+            except BlockingIOError:
+                threading.Event().wait(0.01)  # our own send buffer is full; try again
+            except OSError:
+                return  # reset by the server: kicked
+
+    pumper = threading.Thread(target=flood, daemon=True)
+    pumper.start()
+    with srv.raw() as other:
+        for _ in range(100):
+            other.sendall(PING_PACKET)
+            assert recv_exactly(other, 8) == PING_PACKET
+    wait_until(lambda: srv.stats()["kicks"]["send_backlog"] == 1, timeout=20)
+    kicked.set()
+    pumper.join(timeout=30)
+    hog.close()
+    with srv.raw() as other:
+        other.sendall(PING_PACKET)
+        assert recv_exactly(other, 8) == PING_PACKET
+
+
+@pytest.mark.parametrize("n", [500, 2000, 4000])
+def test_pipelined_burst_from_a_reading_client_is_never_kicked(serve, n):
+    """Reference bugs 3 and 4: all replies, in order, and no kick."""
+    srv = serve()
+    request, want = _mixed_stream(n)
+    with srv.raw(timeout=30) as sock:
+        sock.sendall(request)
+        assert recv_exactly(sock, len(want)) == want
+    assert srv.stats()["kicks"]["send_backlog"] == 0
+
+
+def test_reply_for_a_closed_connection_never_reaches_the_new_owner(serve):
+    srv = serve(worker_connections=1, Sock_RecyConnectionWaitTime=0)
+    store = GatedStore()
+    srv.server.logic.store = store
+    old = srv.raw()
+    old.sendall(register_packet("zed", "pw"))
+    assert store.entered.wait(10)  # a worker is inside register() for the old client
+    reset(old)
+    wait_until(lambda: srv.stats()["closed"] == 1)
+    wait_until(lambda: srv.stats()["pool"]["free"] == 1)
+    with srv.raw() as new:
+        new.sendall(PING_PACKET)
+        assert recv_exactly(new, 8) == PING_PACKET
+        assert srv.stats()["pool"]["total"] == 1  # the new client has the old object
+        store.gate.set()  # now the old client's reply is produced...
+        wait_until(lambda: srv.stats()["replies_dropped"]["stale"] == 1)
+        new.sendall(PING_PACKET)  # ...and dropped: the next bytes are our ping's reply
+        assert recv_exactly(new, 8) == PING_PACKET
+
+
+def test_pings_are_answered_while_a_login_is_being_processed(serve):
+    """The point of the chapter: a slow request no longer stalls other clients. The
+    ordering is asserted, not durations: B's pings all come back while A's register is
+    still held inside the logic."""
+    srv = serve()
+    store = GatedStore()
+    srv.server.logic.store = store
+    with srv.raw() as a, srv.raw() as b:
+        a.sendall(register_packet("slow", "pw"))
+        assert store.entered.wait(10)
+        for _ in range(20):
+            b.sendall(PING_PACKET)
+            assert recv_exactly(b, 8) == PING_PACKET
+        assert not store.gate.is_set()  # A's request was still in progress throughout
+        store.gate.set()
+        assert recv_exactly(a, 108) == register_reply(Status.OK, "slow")
+
+
+def test_half_close_while_a_request_is_with_the_workers(serve):
+    """Reference bug 5 with replies produced on another thread: FIN arrives while the
+    register is still running; the reply is still delivered before the close."""
+    srv = serve()
+    store = GatedStore()
+    srv.server.logic.store = store
+    with srv.raw() as sock:
+        sock.sendall(PING_PACKET * 3 + register_packet("hc", "pw") + PING_PACKET)
+        assert store.entered.wait(10)
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: srv.stats()["half_closed"] == 1)  # the server saw the FIN
+        store.gate.set()
+        want = PING_PACKET * 3 + register_reply(Status.OK, "hc") + PING_PACKET
+        assert recv_until_eof(sock) == want
+
+
+def test_global_send_queue_limit_drops_and_counts(serve):
+    srv = serve(Sock_SendQueueLimit=1, ProcMsgRecvWorkThreadCount=1)
+    with srv.raw(timeout=30) as sock:
+        sock.sendall(PING_PACKET * 2000)
+        sock.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(sock)
+    # Some replies were dropped at the queue (counted), all others arrived intact, and the
+    # connection still closed cleanly after the half-close.
+    dropped = srv.stats()["replies_dropped"]["queue_full"]
+    assert dropped > 0
+    assert got == PING_PACKET * (2000 - dropped)
+
+
+def test_counters_lose_no_updates_under_concurrency(serve):
+    srv = serve()
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            with srv.raw(timeout=30) as sock:
+                sock.sendall(PING_PACKET * 500)
+                assert recv_exactly(sock, 8 * 500) == PING_PACKET * 500
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    stats = srv.stats()
+    assert stats["packets_in"] == 20 * 500
+    assert stats["replies_out"] == 20 * 500
+
+
+def test_shutdown_under_load_leaves_no_thread_running(serve):
+    before = {t.ident for t in threading.enumerate()}
+    srv = serve()
+    stop_clients = threading.Event()
+
+    def pump() -> None:
+        try:
+            with srv.raw(timeout=5) as sock:
+                while not stop_clients.is_set():
+                    sock.sendall(PING_PACKET * 100 + login_packet("x", "y"))
+        except OSError:
+            pass  # the server went away: expected
+
+    pumps = [threading.Thread(target=pump, daemon=True) for _ in range(8)]
+    for t in pumps:
+        t.start()
+    wait_until(lambda: srv.stats()["packets_in"] > 5000)
+    srv.stop()
+    stop_clients.set()
+    for t in pumps:
+        t.join(timeout=10)
+    leftover = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert leftover == []
+
+
+def test_kicked_client_sees_the_connection_closed(serve):
+    srv = serve(Sock_SendBacklogLimit=1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.settimeout(30)
+    sock.connect((srv.host, srv.port))
+    try:
+        sock.setblocking(False)
+        for _ in range(200):
+            try:
+                sock.send(PING_PACKET * 8192)
+            except (BlockingIOError, OSError):
+                break
+        wait_until(lambda: srv.stats()["kicks"]["send_backlog"] == 1, timeout=20)
+        sock.setblocking(True)
+        assert_closed_by_server(sock)
+    finally:
+        sock.close()
