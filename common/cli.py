@@ -69,7 +69,7 @@ def main(package: str, argv: list[str] | None = None) -> int:
     chapter = importlib.import_module(package)
     title = getattr(chapter, "TITLE", package)
     # The docstring's first line is "Chapter N: what it adds"; --help shows the part after ':'.
-    first_line = (chapter.__doc__ or "").strip().splitlines()[0]
+    first_line = ((chapter.__doc__ or "").strip().splitlines() or [package])[0]
     description = first_line.partition(": ")[2] or first_line
     args = build_parser(package, title, description).parse_args(argv)
     err = Console(stderr=True)
@@ -100,7 +100,9 @@ def main(package: str, argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except OSError as exc:
-        err.print(f"[bold red]error:[/] cannot start the server: {exc}", highlight=False)
+        where = f"{config.get_str('ListenAddress')}:{','.join(map(str, config.listen_ports()))}"
+        reason = exc.strerror or exc
+        err.print(f"[bold red]error:[/] cannot listen on {where}: {reason}", highlight=False)
         return 1
 
     stop = threading.Event()

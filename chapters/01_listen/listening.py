@@ -40,6 +40,8 @@ def open_listening_sockets(host: str, ports: list[int]) -> list[socket.socket]:
             sock.close()
         raise
     return opened
+
+
 # --8<-- [end:open]
 
 
