@@ -1,0 +1,15 @@
+"""Chapter 5: a heartbeat timer queue that reaps silent connections.
+
+Builds on chapter 4; adds the heartbeat timers. Every connection gets an entry in a
+time-ordered queue; a monitor thread takes the expired entries, re-arms them, and kicks a
+connection that has not pinged for too long (or, with ``Sock_TimeOutKick = 1``, every
+connection at its first check). An idle socket is no longer held forever.
+"""
+
+TITLE = "Chapter 5 (05_timers)"
+FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue", "timers"})
+
+# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
+# chapter 4; every other file is an identical copy.
+ADDS = frozenset({"timers.py"})
+CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

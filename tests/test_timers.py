@@ -1,0 +1,246 @@
+"""Heartbeat timers (chapter 5 and later)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+
+import pytest
+
+from common.client import login_packet
+from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
+from tests.conftest import CHAPTERS, assert_closed_by_server, load_chapter, recv_exactly, wait_until
+
+TIMER_CHAPTERS = [c for c in CHAPTERS if "timers" in load_chapter(c).FEATURES]
+
+# Short intervals so the suite stays fast: check every 0.2 s, kick after 3*0.2+0.2 s.
+FAST = {"Sock_WaitTimeEnable": 1, "Sock_MaxWaitTime": 0.2, "Sock_PingGraceTime": 0.2}
+
+
+@pytest.fixture(params=TIMER_CHAPTERS or [pytest.param(None, marks=pytest.mark.skip("none"))])
+def chapter_modules(request):
+    name = request.param
+    return (
+        importlib.import_module(f"chapters.{name}.timers"),
+        importlib.import_module(f"chapters.{name}.connection"),
+    )
+
+
+class FakeClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def _conn(connection_module, generation: int = 1):
+    conn = connection_module.Connection()
+    conn.generation = generation
+    return conn
+
+
+def test_expired_entries_are_taken_at_once_and_rearmed(chapter_modules):
+    timers_mod, conn_mod = chapter_modules
+    clock = FakeClock()
+    seen = []
+    timers = timers_mod.HeartbeatTimers(
+        5.0, lambda c, g, now: seen.append(g), clock=clock, start_thread=False
+    )
+    conns = [_conn(conn_mod, g) for g in range(3)]
+    for conn in conns:
+        timers.add(conn, conn.generation)
+        clock.now += 1
+    assert len(timers) == 3
+    assert timers.take_expired(clock.now) == []  # 102 < 105: nothing due
+    clock.now = 106.5  # the first two are due (105, 106), the third (107) is not
+    expired = timers.take_expired(clock.now)
+    assert [e[3] for e in expired] == [0, 1]
+    assert len(timers) == 3  # re-armed at now + 5
+    assert sorted(e[0] for e in timers._entries) == [107.0, 111.5, 111.5]
+    timers.close()
+
+
+def test_no_rearm_in_timeout_kick_mode(chapter_modules):
+    timers_mod, conn_mod = chapter_modules
+    clock = FakeClock()
+    timers = timers_mod.HeartbeatTimers(
+        1.0, lambda *a: None, rearm=False, clock=clock, start_thread=False
+    )
+    timers.add(_conn(conn_mod), 1)
+    clock.now += 2
+    assert len(timers.take_expired(clock.now)) == 1
+    assert len(timers) == 0
+    timers.close()
+
+
+def test_stale_entry_is_not_rearmed(chapter_modules):
+    timers_mod, conn_mod = chapter_modules
+    clock = FakeClock()
+    timers = timers_mod.HeartbeatTimers(1.0, lambda *a: None, clock=clock, start_thread=False)
+    conn = _conn(conn_mod, 1)
+    timers.add(conn, 1)
+    conn.generation = 2  # closed and reused without its entry removed
+    clock.now += 2
+    assert len(timers.take_expired(clock.now)) == 1
+    assert len(timers) == 0
+    timers.close()
+
+
+def test_remove_takes_the_connections_entry_out(chapter_modules):
+    timers_mod, conn_mod = chapter_modules
+    timers = timers_mod.HeartbeatTimers(1.0, lambda *a: None, clock=FakeClock(), start_thread=False)
+    conns = [_conn(conn_mod, i) for i in range(10)]
+    for conn in conns:
+        timers.add(conn, conn.generation)
+    for conn in conns[::2]:
+        timers.remove(conn)
+        timers.remove(conn)  # idempotent
+    assert len(timers) == 5
+    assert {e[2] for e in timers._entries} == set(conns[1::2])
+    timers.close()
+
+
+class Counted(float):
+    """A float that counts every comparison made on it: complexity measured in work done,
+    not in seconds."""
+
+    comparisons = 0
+
+    def __add__(self, other):
+        return Counted(float(self) + float(other))
+
+    def _count(self):
+        Counted.comparisons += 1
+
+    def __lt__(self, other):
+        self._count()
+        return float.__lt__(self, other)
+
+    def __gt__(self, other):
+        self._count()
+        return float.__gt__(self, other)
+
+    def __le__(self, other):
+        self._count()
+        return float.__le__(self, other)
+
+    def __ge__(self, other):
+        self._count()
+        return float.__ge__(self, other)
+
+    def __eq__(self, other):
+        self._count()
+        return float.__eq__(self, other)
+
+    __hash__ = float.__hash__
+
+
+def test_adding_and_removing_10000_entries_is_n_log_n(chapter_modules):
+    """The original removes a connection's entry with a scan of the whole map: 10000
+    closes cost ~50 million comparisons. Ours must stay within a small multiple of
+    n log2 n."""
+    timers_mod, conn_mod = chapter_modules
+    clock = FakeClock(Counted(0.0))
+    timers = timers_mod.HeartbeatTimers(1.0, lambda *a: None, clock=clock, start_thread=False)
+    n = 10_000
+    conns = [_conn(conn_mod, i) for i in range(n)]
+    Counted.comparisons = 0
+    for i, conn in enumerate(conns):
+        clock.now = Counted(float(i % 997))  # many equal deadlines: a real multimap
+        timers.add(conn, conn.generation)
+    added = Counted.comparisons
+    Counted.comparisons = 0
+    for conn in reversed(conns):
+        timers.remove(conn)
+    removed = Counted.comparisons
+    bound = 8 * n * math.log2(n)  # ~1.06 million
+    print(f"comparisons: add {added}, remove {removed}, bound {bound:.0f}")
+    assert len(timers) == 0
+    assert 0 < added < bound, added
+    assert 0 < removed < bound, removed
+    timers.close()
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+@pytest.mark.features("timers")
+def test_idle_client_is_kicked(serve):
+    srv = serve(**FAST)
+    with srv.raw(timeout=10) as sock:
+        sock.sendall(PING_PACKET)
+        assert recv_exactly(sock, 8) == PING_PACKET
+        assert_closed_by_server(sock)  # within the socket's 10 s timeout
+    wait_until(lambda: srv.stats()["kicks"]["silence"] == 1)
+    assert srv.stats()["kicks"]["timeout"] == 0
+
+
+@pytest.mark.features("timers")
+def test_pinging_client_survives_many_intervals(serve):
+    srv = serve(**FAST)
+    pace = threading.Event()
+    with srv.raw() as sock:
+        for _ in range(25):  # 25 x 0.1 s: more than 12 check intervals, 3 kick windows
+            sock.sendall(PING_PACKET)
+            assert recv_exactly(sock, 8) == PING_PACKET
+            pace.wait(0.1)  # pacing the client, not synchronising with the server
+        assert srv.stats()["kicks"]["silence"] == 0
+        assert srv.stats()["online"] == 1
+
+
+@pytest.mark.features("timers")
+def test_only_pings_count_as_heartbeats(serve):
+    """As in the original: a client that only logs in is still silent."""
+    srv = serve(**FAST)
+    pace = threading.Event()
+    with srv.raw(timeout=10) as sock:
+        try:
+            for i in range(40):
+                sock.sendall(login_packet(f"nobody{i}", "x"))
+                reply = recv_exactly(sock, 104)
+                assert reply == encode_packet(
+                    MsgCode.LOGIN, Login(f"nobody{i}", Status.NO_USER.name).encode()
+                )
+                pace.wait(0.1)
+        except (AssertionError, OSError):
+            pass  # kicked mid-way: what we expect
+    wait_until(lambda: srv.stats()["kicks"]["silence"] == 1)
+
+
+@pytest.mark.features("timers")
+def test_timeout_kick_mode_kicks_even_a_pinging_client(serve):
+    srv = serve(**FAST, Sock_TimeOutKick=1)
+    pace = threading.Event()
+    kicked = pytest.raises((AssertionError, ConnectionResetError, BrokenPipeError))
+    with srv.raw(timeout=10) as sock, kicked:
+        for _ in range(100):  # 100 x 0.05 s of pings: kicked long before the end
+            sock.sendall(PING_PACKET)
+            assert recv_exactly(sock, 8) == PING_PACKET
+            pace.wait(0.05)
+    wait_until(lambda: srv.stats()["kicks"]["timeout"] == 1)
+    assert srv.stats()["kicks"]["silence"] == 0
+
+
+@pytest.mark.features("timers")
+def test_closed_connections_leave_the_timer_queue(serve):
+    srv = serve(Sock_WaitTimeEnable=1, Sock_MaxWaitTime=60)
+    socks = [srv.raw() for _ in range(50)]
+    wait_until(lambda: srv.stats()["queues"]["timers"] == 50)
+    for sock in socks:
+        sock.close()
+    wait_until(lambda: srv.stats()["queues"]["timers"] == 0)
+    assert srv.stats()["closed"] == 50
+
+
+@pytest.mark.features("timers")
+def test_heartbeat_off_keeps_idle_clients(serve):
+    srv = serve(Sock_WaitTimeEnable=0)
+    with srv.raw() as sock:
+        sock.sendall(PING_PACKET)
+        assert recv_exactly(sock, 8) == PING_PACKET
+        assert srv.stats()["queues"]["timers"] == 0
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
