@@ -1,0 +1,15 @@
+"""Chapter 6: flood detection, and a stream that loses its framing is closed.
+
+Builds on chapter 5; adds flood detection. A client that sends packets faster than
+``Sock_FloodTimeInterval`` ms apart ``Sock_FloodKickCounter`` times in a row is kicked, and
+a malformed header (length < 8 or > 29000) now closes the connection instead of being
+skipped. Every defence of the server is counted in one place of ``stats()``.
+"""
+
+TITLE = "Chapter 6 (06_flood)"
+FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue", "timers", "flood"})
+
+# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
+# chapter 5; every other file is an identical copy.
+ADDS = frozenset({"flood.py"})
+CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

@@ -1,0 +1,127 @@
+"""The connection pool with delayed recycling.
+
+C++: CSocekt::initconnection, ngx_get_connection, ngx_free_connection,
+inRecyConnectQueue, ServerRecyConnectionThread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .connection import Connection
+
+log = logging.getLogger("pool")
+
+# C++: ServerRecyConnectionThread sleeps 200 ms between scans of the recycle queue.
+RECYCLE_SCAN_INTERVAL = 0.2
+
+
+# --8<-- [start:pool]
+class ConnectionPool:
+    """Connection objects created up front, handed out, retired, and reused.
+
+    * :meth:`acquire` (C++: ngx_get_connection) takes a free object, or creates one when
+      the free list is empty (the pool grows; it never shrinks).
+    * :meth:`retire` (C++: inRecyConnectQueue) parks a closed connection in the recycle
+      queue for ``recycle_wait`` seconds: other threads (later chapters: workers, the send
+      thread, the timer thread) may still hold a reference, and the wait plus the
+      generation number keep them from acting on an object that a new client now owns.
+    * :meth:`recycle_due` (the body of C++: ServerRecyConnectionThread) moves the retired
+      connections whose wait is over back to the free list. A thread runs it every 200 ms;
+      tests call it directly with a fake clock.
+    * :meth:`release` (C++: ngx_free_connection) returns an object at once (shutdown).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        recycle_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        start_thread: bool = True,
+    ) -> None:
+        self.size = size
+        self.recycle_wait = recycle_wait
+        self.clock = clock
+        self._lock = threading.Condition()
+        self._all = [Connection() for _ in range(size)]
+        self._free = deque(self._all)
+        self._recycling: deque[tuple[float, Connection]] = deque()  # (reusable at, conn)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if start_thread:
+            self._thread = threading.Thread(target=self._recycler, name="recycler", daemon=True)
+            self._thread.start()
+
+    def acquire(self) -> Connection:
+        with self._lock:
+            if self._free:
+                return self._free.popleft()
+            conn = Connection()
+            self._all.append(conn)
+            return conn
+
+    def retire(self, conn: Connection) -> None:
+        conn.detach()  # bumps the generation: every recorded reference is now stale
+        with self._lock:
+            self._recycling.append((self.clock() + self.recycle_wait, conn))
+
+    def release(self, conn: Connection) -> None:
+        conn.detach()
+        with self._lock:
+            self._free.append(conn)
+
+    def recycle_due(self) -> int:
+        """Return every retired connection whose wait is over to the free list."""
+        now = self.clock()
+        moved = 0
+        with self._lock:
+            # Retired in time order with one fixed wait, so the due ones are at the front.
+            while self._recycling and self._recycling[0][0] <= now:
+                self._free.append(self._recycling.popleft()[1])
+                moved += 1
+        return moved
+
+    def _recycler(self) -> None:
+        while True:
+            with self._lock:
+                if not self._stopping:
+                    self._lock.wait(timeout=RECYCLE_SCAN_INTERVAL)
+                if self._stopping:
+                    return
+            self.recycle_due()
+
+    def close(self) -> None:
+        """Stop the recycler thread and free everything at once."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+            self._free.extend(conn for _, conn in self._recycling)
+            self._recycling.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                log.error("the recycler thread did not stop within 5 s")
+
+    # -- counters for stats() and the storm guard --------------------------------------
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return len(self._all)
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+    @property
+    def recycling(self) -> int:
+        with self._lock:
+            return len(self._recycling)
+
+
+# --8<-- [end:pool]

@@ -1,0 +1,137 @@
+"""The worker pool: threads that run the business logic off the event loop.
+
+C++: CThreadPool (Create, ThreadFunc, inMsgRecvQueueAndSignal, Call, StopAll).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from common.protocol import Packet
+
+from .connection import Connection
+
+log = logging.getLogger("workers")
+
+# What a worker does with one client's packets (C++: CLogicSocket::threadRecvProcFunc):
+# returns the replies as (connection, generation, bytes).
+Reply = tuple[Connection, int, bytes]
+Job = Callable[[Connection, int, list[Packet]], list[Reply]]
+# Where a worker hands its batch of replies (the send queue's put_many).
+Deliver = Callable[[list[Reply]], None]
+
+
+# --8<-- [start:workers]
+class Inbox:
+    """The packets of one client (one connection *generation*) waiting for a worker.
+
+    Per generation, not per connection object: when an object is reused, the new client
+    gets a fresh inbox and never waits behind work still running for the old one."""
+
+    __slots__ = ("conn", "generation", "packets", "scheduled")
+
+    def __init__(self, conn: Connection, generation: int) -> None:
+        self.conn = conn
+        self.generation = generation
+        self.packets: list[Packet] = []
+        self.scheduled = False  # in the ready queue or being run by a worker
+
+
+class WorkerPool:
+    """``count`` threads waiting on a condition variable over the receive queue.
+
+    The original's receive queue holds single messages and any idle worker takes the next
+    one, so two requests of one client can run on two workers at once and their replies
+    leave in completion order (reference bug 3). Ours queues *clients*: each has an
+    :class:`Inbox` of packets in arrival order, and an inbox is in the ready queue (or
+    being run) at most once. A worker takes an inbox with everything in it and runs it in
+    order, so one client's replies are produced in request order, while different clients
+    still run on different workers in parallel.
+
+    To keep hand-offs cheap under load, a worker takes several ready inboxes at once (its
+    fair share of the queue) and hands all their replies to the send queue in one call:
+    one wake-up of the send thread per batch, not per reply.
+    """
+
+    def __init__(self, count: int, job: Job, deliver: Deliver) -> None:
+        self.count = count
+        self._job = job
+        self._deliver = deliver
+        self._cond = threading.Condition()
+        self._ready: deque[Inbox] = deque()
+        self._pending = 0  # packets waiting in inboxes: the "receive queue size"
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, conn: Connection, generation: int, packets: list[Packet]) -> None:
+        """Queue one read's worth of packets. C++: inMsgRecvQueueAndSignal."""
+        with self._cond:
+            inbox = conn.inbox
+            if inbox is None or inbox.generation != generation:
+                inbox = conn.inbox = Inbox(conn, generation)  # a new client on this object
+            inbox.packets += packets
+            self._pending += len(packets)
+            if not inbox.scheduled:
+                inbox.scheduled = True
+                self._ready.append(inbox)
+                self._cond.notify()
+
+    def _take(self) -> list[tuple[Inbox, list[Packet]]] | None:
+        with self._cond:
+            while not self._ready and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            share = max(1, len(self._ready) // self.count)
+            taken = []
+            for _ in range(share):
+                inbox = self._ready.popleft()
+                packets, inbox.packets = inbox.packets, []
+                self._pending -= len(packets)
+                taken.append((inbox, packets))
+            return taken
+
+    def _run(self) -> None:
+        while (taken := self._take()) is not None:
+            replies: list[Reply] = []
+            for inbox, packets in taken:
+                try:
+                    replies += self._job(inbox.conn, inbox.generation, packets)
+                except Exception:  # a bug in the logic must not kill the worker
+                    log.exception("worker: job failed for %s:%d", *inbox.conn.addr)
+            if replies:
+                self._deliver(replies)
+            with self._cond:
+                for inbox, _ in taken:
+                    if inbox.packets:  # more arrived while we ran it: back in line, in order
+                        self._ready.append(inbox)
+                        self._cond.notify()
+                    else:
+                        inbox.scheduled = False
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and join every worker. C++: CThreadPool::StopAll. A worker in the middle of
+        a job finishes it first; queued work is dropped."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("%s did not stop within %.0f s", thread.name, timeout)
+
+
+# --8<-- [end:workers]

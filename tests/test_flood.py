@@ -1,0 +1,141 @@
+"""Flood detection and malformed-header closing (chapter 6)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pytest
+
+from common.protocol import PING_PACKET, MsgCode, crc32, encode_packet, pack_header
+from tests.conftest import (
+    CHAPTERS,
+    assert_closed_by_server,
+    load_chapter,
+    recv_exactly,
+    wait_until,
+)
+
+FLOOD_CHAPTERS = [c for c in CHAPTERS if "flood" in load_chapter(c).FEATURES]
+ORIGINAL = {
+    "Sock_FloodAttackKickEnable": 1,
+    "Sock_FloodTimeInterval": 100,
+    "Sock_FloodKickCounter": 10,
+}
+
+pytestmark = pytest.mark.features("flood")
+
+
+def _lockstep(sock, limit: int, pause: float = 0.0) -> int:
+    """Ping, wait for the reply, repeat; return how many replies came before EOF."""
+    pace = threading.Event()
+    replies = 0
+    try:
+        for _ in range(limit):
+            sock.sendall(PING_PACKET)
+            if recv_exactly(sock, 8) != PING_PACKET:
+                break
+            replies += 1
+            if pause:
+                pace.wait(pause)  # pacing the client, not synchronising with the server
+    except (AssertionError, ConnectionResetError, BrokenPipeError):
+        pass
+    return replies
+
+
+def test_lockstep_pinger_gets_10_replies_then_eof(serve):
+    srv = serve(**ORIGINAL)
+    with srv.raw() as sock:
+        assert _lockstep(sock, 50) == 10
+        assert_closed_by_server(sock)
+    wait_until(lambda: srv.stats()["kicks"]["flood"] == 1)
+    assert srv.stats()["defences"]["flood_kick"] == 1
+
+
+def test_pinger_slower_than_the_interval_is_never_kicked(serve):
+    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=30, Sock_FloodKickCounter=3)
+    with srv.raw() as sock:
+        assert _lockstep(sock, 12, pause=0.06) == 12
+    assert srv.stats()["kicks"]["flood"] == 0
+
+
+def test_bursts_shorter_than_the_count_with_gaps_are_never_kicked(serve):
+    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=30, Sock_FloodKickCounter=5)
+    pace = threading.Event()
+    with srv.raw() as sock:
+        for _ in range(4):
+            sock.sendall(PING_PACKET * 5)  # 5 packets: the count reaches 4, not 5
+            assert recv_exactly(sock, 40) == PING_PACKET * 5
+            pace.wait(0.06)
+    assert srv.stats()["kicks"]["flood"] == 0
+
+
+def test_bad_crc_packets_count_towards_the_flood(serve):
+    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=1000, Sock_FloodKickCounter=3)
+    body = b"x" * 96
+    bad = pack_header(8 + len(body), MsgCode.LOGIN, crc32(body) ^ 1) + body
+    with srv.raw() as sock:
+        sock.sendall(bad * 3 + PING_PACKET)  # 4 packets in 1 s: the 4th makes count 3
+        assert_closed_by_server(sock)
+    # Only the bad packets can have pushed the count to 3 before the ping arrived.
+    wait_until(lambda: srv.stats()["kicks"]["flood"] == 1)
+
+
+def test_flood_detection_off_by_config(serve):
+    srv = serve(Sock_FloodAttackKickEnable=0)
+    with srv.raw() as sock:
+        assert _lockstep(sock, 50) == 50
+    assert srv.stats()["kicks"]["flood"] == 0
+
+
+@pytest.mark.parametrize("length", [0, 7, 29001, 65535])
+def test_malformed_header_closes_the_connection(serve, length):
+    srv = serve()
+    with srv.raw() as sock:
+        sock.sendall(PING_PACKET)
+        assert recv_exactly(sock, 8) == PING_PACKET
+        sock.sendall(pack_header(length, 0, 0) + PING_PACKET * 5)
+        assert_closed_by_server(sock)  # no reply to the pings after the bad header
+    wait_until(lambda: srv.stats()["kicks"]["malformed"] == 1)
+    assert srv.stats()["defences"]["malformed_close"] == 1
+    with srv.raw() as other:  # the server itself is fine
+        other.sendall(encode_packet(MsgCode.PING))
+        assert recv_exactly(other, 8) == PING_PACKET
+
+
+def test_defences_list_every_defence(serve):
+    srv = serve()
+    assert set(srv.stats()["defences"]) == {
+        "online_limit",
+        "storm_guard",
+        "send_backlog_kick",
+        "send_queue_drop",
+        "silence_kick",
+        "timeout_kick",
+        "flood_kick",
+        "malformed_close",
+    }
+
+
+# -- unit ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=FLOOD_CHAPTERS or [pytest.param(None, marks=pytest.mark.skip("none"))])
+def flood_modules(request):
+    return (
+        importlib.import_module(f"chapters.{request.param}.flood"),
+        importlib.import_module(f"chapters.{request.param}.connection"),
+    )
+
+
+def test_detector_counts_consecutive_close_packets(flood_modules):
+    flood_mod, conn_mod = flood_modules
+    detector = flood_mod.FloodDetector(0.1, 3)
+    conn = conn_mod.Connection()
+    t = 50.0
+    verdicts = []
+    for gap in [0, 0.05, 0.05, 0.2, 0.01, 0.01, 0.01]:
+        t += gap
+        verdicts.append(detector.check(conn, t))
+    # first packet: count 0; two close ones: 1, 2; a gap resets to 0; then 1, 2, 3 -> kick
+    assert verdicts == [False, False, False, False, False, False, True]
