@@ -42,6 +42,7 @@ from common.protocol import (
 )
 
 
+# --8<-- [start:drop_reasons]
 class DropReason(StrEnum):
     """Why a packet got no reply. The connection is kept in every case, as in the original."""
 
@@ -50,6 +51,9 @@ class DropReason(StrEnum):
     UNKNOWN_CODE = "unknown_code"  # reserved (1-4) or unknown message code
     WRONG_SIZE = "wrong_size"  # register/login body of the wrong size
     BODY_ON_PING = "body_on_ping"  # a ping must not carry a body
+
+
+# --8<-- [end:drop_reasons]
 
 
 class Outcome(NamedTuple):
@@ -64,6 +68,7 @@ PING_OUTCOME = Outcome(PING_PACKET, None, True)
 _DROPS = {reason: Outcome(None, reason, False) for reason in DropReason}
 
 
+# --8<-- [start:user_store]
 class UserStore:
     """Registered users in SQLite, passwords as salted PBKDF2-HMAC-SHA256 hashes.
 
@@ -134,6 +139,9 @@ class UserStore:
             self._db.close()
 
 
+# --8<-- [end:user_store]
+
+
 class Logic:
     """Validates packets and runs the handlers. C++: CLogicSocket."""
 
@@ -152,6 +160,7 @@ class Logic:
     def close(self) -> None:
         self.store.close()
 
+    # --8<-- [start:handle]
     def handle(self, packet: Packet) -> Outcome:
         """C++: CLogicSocket::threadRecvProcFunc. Validation order follows the original:
         CRC first, then the code, then the handler's own size check."""
@@ -171,6 +180,9 @@ class Logic:
             return self._login(body)
         return _DROPS[DropReason.UNKNOWN_CODE]
 
+    # --8<-- [end:handle]
+
+    # --8<-- [start:register_login]
     def _register(self, body: bytes) -> Outcome:
         """C++: CLogicSocket::_HandleRegister."""
         if len(body) != Register.SIZE:
@@ -188,3 +200,5 @@ class Logic:
         status = self.store.login(request.username, request.password)
         reply = Login(request.username, status.name).encode()
         return Outcome(encode_packet(MsgCode.LOGIN, reply), None, False)
+
+    # --8<-- [end:register_login]

@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 # C++: COMM_PKG_HEADER (#pragma pack(1)): pkgLen, msgCode, crc32.
+# --8<-- [start:header]
 HEADER = struct.Struct("!HHI")
 HEADER_LEN = HEADER.size  # 8
 PKG_MAX_LENGTH = 30000  # C++: _PKG_MAX_LENGTH, the size of the receive buffer
@@ -27,6 +28,7 @@ PKG_MAX_ACCEPTED = PKG_MAX_LENGTH - 1000  # a header announcing more than 29000 
 
 USERNAME_LEN = 56
 PASSWORD_LEN = 40
+# --8<-- [end:header]
 
 
 class MsgCode(IntEnum):
@@ -143,6 +145,7 @@ class Login:
 BODY_SIZES = {MsgCode.PING: 0, MsgCode.REGISTER: Register.SIZE, MsgCode.LOGIN: Login.SIZE}
 
 
+# --8<-- [start:status]
 class Status(IntEnum):
     """Outcome carried in register/login replies (our addition: the original replies with
     an all-zero body, so a client cannot tell success from failure)."""
@@ -152,6 +155,9 @@ class Status(IntEnum):
     NO_USER = 2
     BAD_PASSWORD = 3
     INVALID = 4
+
+
+# --8<-- [end:status]
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,10 +185,12 @@ class ProtocolError(NamedTuple):
 Event = Packet | ProtocolError
 
 # C++: _PKG_HD_INIT, _PKG_HD_RECVING, _PKG_BD_INIT, _PKG_BD_RECVING
+# --8<-- [start:states]
 HD_INIT = "HD_INIT"  # expecting a header
 HD_RECVING = "HD_RECVING"  # header partly received
 BD_INIT = "BD_INIT"  # header complete, expecting the body
 BD_RECVING = "BD_RECVING"  # body partly received
+# --8<-- [end:states]
 
 
 class PacketParser:
@@ -211,6 +219,7 @@ class PacketParser:
         """Bytes held for an unfinished packet (header or body)."""
         return len(self._buf)
 
+    # --8<-- [start:feed]
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Consume ``data`` and return every event it completes, in order."""
         events: list[Event] = []
@@ -249,6 +258,9 @@ class PacketParser:
             self.state = HD_RECVING
         return events
 
+    # --8<-- [end:feed]
+
+    # --8<-- [start:continue]
     def _continue(self, view: memoryview, events: list[Event]) -> int:
         """Finish the packet left unfinished by the previous feed; return bytes consumed."""
         pos = 0
@@ -283,6 +295,8 @@ class PacketParser:
         self._buf = bytearray()
         self.state = HD_INIT
         return pos
+
+    # --8<-- [end:continue]
 
 
 def packets_from(data: bytes) -> list[Event]:

@@ -144,6 +144,7 @@ class Server:
 
     # --8<-- [end:handle]
 
+    # --8<-- [start:shutdown]
     def shutdown(self) -> None:
         """Stop serving and release everything; safe from any thread, idempotent. Returns
         once ``serve_forever`` has returned and every socket is closed."""
@@ -170,3 +171,5 @@ class Server:
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.logic.close()
+
+    # --8<-- [end:shutdown]

@@ -313,6 +313,7 @@ class Server:
             if conn.whandler is not None:
                 self.close_connection(conn, "server shutting down")
 
+    # --8<-- [start:shutdown]
     def shutdown(self) -> None:
         """Stop serving and release everything; safe from any thread, idempotent. Returns
         once ``serve_forever`` has returned and every socket is closed."""
@@ -334,3 +335,5 @@ class Server:
         self.epoll.close()
         os.close(self._wake_fd)
         self.logic.close()
+
+    # --8<-- [end:shutdown]

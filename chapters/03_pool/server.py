@@ -364,6 +364,7 @@ class Server:
             if conn.whandler is not None:
                 self.close_connection(conn, "server shutting down")
 
+    # --8<-- [start:shutdown]
     def shutdown(self) -> None:
         """Stop serving and release everything; safe from any thread, idempotent. Returns
         once ``serve_forever`` has returned and every socket is closed."""
@@ -386,3 +387,5 @@ class Server:
         os.close(self._wake_fd)
         self.pool.close()
         self.logic.close()
+
+    # --8<-- [end:shutdown]

@@ -525,6 +525,7 @@ class Server:
                 if not already:
                     self._release(conn, "server shutting down")
 
+    # --8<-- [start:shutdown]
     def shutdown(self) -> None:
         """Stop serving and release everything; safe from any thread, idempotent. Returns
         once ``serve_forever`` has returned and every socket is closed."""
@@ -552,3 +553,5 @@ class Server:
         os.close(self._wake_fd)
         self.pool.close()
         self.logic.close()
+
+    # --8<-- [end:shutdown]
