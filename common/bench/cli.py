@@ -1,0 +1,338 @@
+"""The command line: ``python -m common.bench [options]`` and ``python -m common.bench parser``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.highlighter import RegexHighlighter
+from rich.text import Text
+from rich.theme import Theme
+
+from .core import BenchOptions, BenchResult, default_procs, run_bench, run_compare
+from .loadgen import MIXED_SCHEDULE, MODES
+from .parserbench import parser_bench
+from .target import BenchError, chapters
+
+THEME = Theme(
+    {
+        "help.option": "bold cyan",
+        "help.metavar": "yellow",
+        "help.heading": "bold magenta",
+        "help.command": "bold green",
+    }
+)
+
+
+class HelpHighlighter(RegexHighlighter):
+    base_style = "help."
+    highlights = [  # noqa: RUF012 (rich's documented way to declare highlights)
+        r"(?m)^(?P<heading>[A-Za-z][\w ,()/-]*:)$",
+        r"(?P<option>(?<![\w-])--?[a-z][\w-]*)",
+        r"(?P<metavar>\b[A-Z][A-Z_]{0,}\b(?![a-z]))",
+        r"(?P<command>python -m common\.[\w.]+(?: parser)?)",
+    ]
+
+
+class RichParser(argparse.ArgumentParser):
+    """argparse with its help and errors printed through rich."""
+
+    def print_help(self, file: Any = None) -> None:
+        console = Console(theme=THEME, highlighter=HelpHighlighter(), file=file)
+        console.print(Text(self.format_help()), highlight=True)
+
+    def error(self, message: str) -> NoReturn:
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {message}\n(see [bold]{self.prog} --help[/])", highlight=False
+        )
+        sys.exit(2)
+
+
+MIXED_DOC = (
+    f"{MIXED_SCHEDULE.count('ping') * 5}%% ping, {MIXED_SCHEDULE.count('login') * 5}%% login, "
+    f"{MIXED_SCHEDULE.count('register') * 5}%% register"
+)
+
+
+def build_parser() -> RichParser:
+    parser = RichParser(
+        prog="python -m common.bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Load a chapter's server (or the asyncio baseline) on loopback and measure it:\n"
+            "replies/s, latency percentiles, server and client CPU, with every reply checked\n"
+            "(exact length, code and CRC, and request order).\n\n"
+            "examples:\n"
+            "  python -m common.bench --chapter asyncio --connections 100 --duration 5\n"
+            "  python -m common.bench --chapter 02_epoll --connections 100 --pipeline 16\n"
+            "  python -m common.bench --compare asyncio 02_epoll 03_pool --repeat 3\n"
+            "  python -m common.bench --chapter 03_pool --idle-connections 10000\n"
+            "  python -m common.bench --port 5678            (a server you started yourself)\n"
+            "  python -m common.bench parser                 (the packet parser alone)"
+        ),
+        epilog=(
+            "Targets: asyncio (common/asyncio_server.py) or a chapter: "
+            + (", ".join(chapters()) or "none yet")
+            + ".\nA started server gets a temporary config: any free port, a big pool, "
+            "Sock_RecyConnectionWaitTime = 1,\nheartbeat and flood checks off unless asked, a "
+            "throwaway user database and\nPasswordHashIterations = --hash-iterations.\n"
+            "The client is the bottleneck when its processes sit near 100% CPU: the tool says so."
+        ),
+    )
+    target = parser.add_argument_group("target (loopback only)")
+    target.add_argument(
+        "--chapter",
+        metavar="NAME",
+        help="start this server: asyncio or a chapter (02_epoll, 02, …)",
+    )
+    target.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="NAME",
+        help="run these targets interleaved (A B A B …), a fresh server each run; medians and ratios against the first",
+    )
+    target.add_argument(
+        "--repeat", type=int, default=3, metavar="R", help="rounds for --compare (default: 3)"
+    )
+    target.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="a server already running: its address (default: 127.0.0.1; other hosts are refused)",
+    )
+    target.add_argument("--port", type=int, metavar="N", help="a server already running: its port")
+    target.add_argument(
+        "--server-pid",
+        type=int,
+        metavar="PID",
+        help="with --port: its pid, for server CPU and memory",
+    )
+    target.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop of the asyncio baseline (default: auto = uvloop if installed)",
+    )
+
+    load = parser.add_argument_group("load")
+    load.add_argument(
+        "--connections",
+        "-c",
+        type=int,
+        default=100,
+        metavar="C",
+        help="connections driving load (default: 100)",
+    )
+    load.add_argument(
+        "--pipeline",
+        "-p",
+        type=int,
+        default=1,
+        metavar="P",
+        help="requests in flight per connection (default: 1)",
+    )
+    load.add_argument(
+        "--mode",
+        choices=MODES,
+        default="ping",
+        help=f"what to send (default: ping); mixed = {MIXED_DOC}, in a fixed order; login and mixed first register one user per connection",
+    )
+    load.add_argument(
+        "--duration",
+        "-d",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="measured seconds (default: 5)",
+    )
+    load.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds of load before measuring (default: 1)",
+    )
+    load.add_argument(
+        "--procs",
+        type=int,
+        default=default_procs(),
+        metavar="N",
+        help=f"client processes, each with its own epoll loop (default: half the cores: {default_procs()})",
+    )
+    load.add_argument(
+        "--idle-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="open N idle connections first; report server memory per connection and whether they still answer",
+    )
+
+    server = parser.add_argument_group("server config (for a server the tool starts)")
+    server.add_argument(
+        "--hash-iterations",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="PasswordHashIterations (default: 1000, cheap on purpose; the shipped 600000 would measure hashlib)",
+    )
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="ProcMsgRecvWorkThreadCount (default: 4)",
+    )
+    server.add_argument(
+        "--heartbeat",
+        action="store_true",
+        help="turn the heartbeat check on (Sock_MaxWaitTime = 5; idle connections then ping every 2.5 s)",
+    )
+    server.add_argument(
+        "--flood",
+        action="store_true",
+        help="turn flood detection on (a pipelining client is a flood: expect kicks)",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every number to FILE as JSON"
+    )
+    return parser
+
+
+def build_parser_bench_parser() -> RichParser:
+    parser = RichParser(
+        prog="python -m common.bench parser",
+        description="Time common.protocol.PacketParser alone: N ping packets from one coalesced buffer (no sockets), best of R runs.",
+    )
+    parser.add_argument(
+        "--packets",
+        "-n",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="packets to parse (default: 1,000,000)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, metavar="R", help="runs; the best counts (default: 5)"
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="feed the buffer this many bytes at a time (default: 0 = all at once)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the numbers to FILE as JSON"
+    )
+    return parser
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Console()
+    err = Console(stderr=True)
+    if argv and argv[0] == "parser":
+        args = build_parser_bench_parser().parse_args(argv[1:])
+        try:
+            result = parser_bench(args.packets, args.repeat, args.chunk)
+        except ValueError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+        from .report import parser_table
+
+        out.print(parser_table(result))
+        _write_json(
+            args.json, {"kind": "parser", **result.__dict__, "packets_per_s": result.packets_per_s}
+        )
+        return 0
+
+    args = build_parser().parse_args(argv)
+    opts = BenchOptions(
+        chapter=args.chapter,
+        host=args.host,
+        port=args.port,
+        server_pid=args.server_pid,
+        connections=args.connections,
+        pipeline=args.pipeline,
+        mode=args.mode,
+        duration=args.duration,
+        warmup=args.warmup,
+        procs=args.procs,
+        hash_iterations=args.hash_iterations,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
+        flood=args.flood,
+        idle_connections=args.idle_connections,
+        loop=args.loop,
+    )
+    from .report import compare_table, live_progress, result_table, run_line, verdict
+
+    def note(text: str) -> None:
+        err.print(f"[yellow]note:[/] {text}", highlight=False)
+
+    try:
+        if args.compare:
+            if args.chapter or args.port is not None:
+                raise BenchError("--compare starts its own servers: drop --chapter/--port")
+            opts.chapter = args.compare[0]  # for validation; each run sets its own
+            opts.validate()
+            seen_notes: set[str] = set()
+
+            def note_once(text: str) -> None:
+                if text not in seen_notes:
+                    seen_notes.add(text)
+                    note(text)
+
+            def on_run(round_: int, result: BenchResult) -> None:
+                err.print(run_line(round_, result), highlight=False)
+
+            with live_progress(err, "compare") as progress:
+                runs, summaries = run_compare(
+                    opts, args.compare, args.repeat, progress, note_once, on_run
+                )
+            out.print(compare_table(summaries, args.repeat))
+            busy = [r.target for r in runs if r.client_bottleneck]
+            if busy:
+                out.print(
+                    f"[bold red]The client was the bottleneck[/] in {len(busy)} of {len(runs)} "
+                    f"runs ({', '.join(sorted(set(busy)))}): those rates measure the client."
+                )
+            else:
+                busiest = max(max(r.client_cpu_pct, default=0.0) for r in runs)
+                out.print(
+                    f"The client was not the bottleneck in any run (busiest client process "
+                    f"{busiest:.0f}% of a core)."
+                )
+            _write_json(
+                args.json,
+                {
+                    "kind": "compare",
+                    "runs": [r.as_dict() for r in runs],
+                    "summary": [s.__dict__ for s in summaries],
+                },
+            )
+            return 0 if all(r.ok for r in runs) else 1
+        with live_progress(err, opts.chapter or f"port {opts.port}") as progress:
+            result = run_bench(opts, progress, note)
+    except BenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: servers and client processes stopped")
+        return 130
+    out.print(result_table(result))
+    for line in verdict(result):
+        out.print(line)
+    _write_json(args.json, {"kind": "run", "result": result.as_dict()})
+    return 0 if result.ok else 1

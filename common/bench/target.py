@@ -1,0 +1,260 @@
+"""The server under test: started in a subprocess with a config suited to load, or found
+running; and what ``/proc`` says about it (CPU time, resident memory)."""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTER_DIR = ROOT / "chapters"
+ASYNCIO = "asyncio"
+LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class BenchError(Exception):
+    """A problem the user can fix (bad option, server would not start …): one sentence."""
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def chapters() -> list[str]:
+    return sorted(
+        p.name
+        for p in CHAPTER_DIR.iterdir()
+        if p.is_dir() and re.fullmatch(r"\d\d_[a-z_]+", p.name) and (p / "server.py").exists()
+    )
+
+
+def resolve_target(name: str) -> str:
+    """``04``, ``04_sendqueue``, ``chapters.04_sendqueue`` or ``asyncio`` -> canonical name."""
+    name = name.strip().removeprefix("chapters.").rstrip("/")
+    if name.lower() == ASYNCIO:
+        return ASYNCIO
+    known = chapters()
+    for chapter in known:
+        if name == chapter or name == chapter[:2] or name == chapter[3:]:
+            return chapter
+    raise BenchError(
+        f"unknown target {name!r}: choose {ASYNCIO} or a chapter ({', '.join(known) or 'none yet'})"
+    )
+
+
+def target_features(name: str) -> frozenset[str]:
+    if name == ASYNCIO:
+        module = importlib.import_module("common.asyncio_server")
+    else:
+        module = importlib.import_module(f"chapters.{name}")
+    return frozenset(getattr(module, "FEATURES", frozenset()))
+
+
+def check_loopback(host: str) -> str:
+    """Return the IPv4 loopback address to use, or refuse: a load generator must never be
+    pointed at somebody else's machine by a typo."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise BenchError(
+            f"refusing to benchmark {host!r}: only loopback addresses are allowed "
+            "(127.0.0.1, any 127.x.y.z, or localhost)"
+        ) from None
+    if not address.is_loopback or address.version != 4:
+        raise BenchError(
+            f"refusing to benchmark {host}: it is not an IPv4 loopback address; this tool "
+            "only loads servers on this machine (127.0.0.1)"
+        )
+    return str(address)
+
+
+# -- file descriptors -----------------------------------------------------------------------
+
+
+def raise_nofile(needed: int) -> tuple[int, int, bool]:
+    """Raise this process's RLIMIT_NOFILE soft limit to ``needed`` if the hard limit
+    allows. Child processes (client processes, the server) inherit it.
+
+    Returns (soft, hard, enough)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new_soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        soft = new_soft
+    enough = soft == resource.RLIM_INFINITY or soft >= needed
+    return soft, hard, enough
+
+
+# -- /proc ----------------------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+# -- the server subprocess -------------------------------------------------------------------
+
+
+@dataclass
+class ServerSettings:
+    """What goes into the temporary config (see :func:`load_config`)."""
+
+    worker_connections: int = 2048
+    hash_iterations: int = 1000
+    heartbeat: bool = False
+    max_wait_time: float = 5.0
+    flood: bool = False
+    workers: int = 4
+
+
+def load_config(settings: ServerSettings, database: Path) -> str:
+    """A config suited to load: any free port, a big pool, heartbeat and flood detection
+    off unless asked, a 1-second recycle time, a throwaway user database and cheap hashing
+    (the shipped 600000 PBKDF2 iterations would measure hashlib, not the server)."""
+    return "\n".join(
+        [
+            "# written by python -m common.bench",
+            "ListenAddress = 127.0.0.1",
+            "ListenPortCount = 1",
+            "ListenPort0 = 0",
+            "LogLevel = 6",
+            f"worker_connections = {settings.worker_connections}",
+            "Sock_RecyConnectionWaitTime = 1",
+            f"Sock_WaitTimeEnable = {int(settings.heartbeat)}",
+            f"Sock_MaxWaitTime = {settings.max_wait_time:g}",
+            "Sock_TimeOutKick = 0",
+            f"Sock_FloodAttackKickEnable = {int(settings.flood)}",
+            f"ProcMsgRecvWorkThreadCount = {settings.workers}",
+            f"UserDatabase = {database}",
+            f"PasswordHashIterations = {settings.hash_iterations}",
+            "",
+        ]
+    )
+
+
+class ServerProcess:
+    """``python -m chapters.NN_name`` (or the asyncio baseline) in a subprocess.
+
+    The port is read from the server's "listening on 127.0.0.1:PORT" log line (with
+    ``COLUMNS=200`` so rich does not wrap it). Its stderr is drained by a thread, keeping
+    the last lines to show if it fails."""
+
+    def __init__(self, target: str, settings: ServerSettings, loop: str = "auto") -> None:
+        self.target = target
+        self.settings = settings
+        self.loop = loop
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-")
+        self.config_path = Path(self.tmp.name) / "bench.conf"
+        self.config_path.write_text(load_config(settings, Path(self.tmp.name) / "users.sqlite3"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.tail: deque[str] = deque(maxlen=40)
+        self.loop_line = ""
+        self._listening = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        if self.target == ASYNCIO:
+            module = ["-m", "common.asyncio_server", "--loop", self.loop]
+        else:
+            module = ["-m", f"chapters.{self.target}"]
+        return [sys.executable, *module, "--config", str(self.config_path)]
+
+    def start(self, timeout: float = 30.0) -> int:
+        env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own session: a Ctrl-C in the terminal reaches the bench, which then
+            # stops the server cleanly, rather than both at once.
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read_stderr, name="server-stderr", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                why = "exited" if self.proc.returncode is not None else "did not start in time"
+                raise BenchError(
+                    f"server {self.target} {why}; its last output:\n" + "\n".join(self.tail)
+                )
+        assert self.port is not None
+        return self.port
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            if self.port is None:
+                match = LISTENING.search(line)
+                if match:
+                    self.port = int(match.group(2))
+                    self._listening.set()
+            if "event loop:" in line:
+                self.loop_line = line.split("event loop:", 1)[1].strip()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGINT (a clean shutdown), then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.tmp.cleanup()
+        return self.proc.returncode
