@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 test: lint docs
 	$(PY) -m pytest

@@ -68,7 +68,9 @@ def load_chapter(name: str) -> ModuleType:
     return importlib.import_module(SERVER_MODULES[name])
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds. Polling with a
     deadline (never a bare sleep) is how tests synchronise with server threads."""
     deadline = time.monotonic() + timeout
