@@ -51,9 +51,12 @@ class WorkerPool:
     order, so one client's replies are produced in request order, while different clients
     still run on different workers in parallel.
 
-    To keep hand-offs cheap under load, a worker takes several ready inboxes at once (its
-    fair share of the queue) and hands all their replies to the send queue in one call:
-    one wake-up of the send thread per batch, not per reply.
+    To keep hand-offs cheap under load (every wake-up of a thread is a futex call and a
+    trip through the GIL), a worker takes several ready inboxes at once (its fair share of
+    the queue) and hands all their replies to the send queue in one call; and a sleeping
+    worker is woken only when no other worker is already on its way to the ready queue.
+    A woken worker that leaves work behind wakes the next one, so a long login on one
+    worker never holds up a client that another worker could serve.
     """
 
     def __init__(self, count: int, job: Job, deliver: Deliver) -> None:
@@ -63,6 +66,8 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._ready: deque[Inbox] = deque()
         self._pending = 0  # packets waiting in inboxes: the "receive queue size"
+        self._idle = 0  # workers waiting on the condition
+        self._waking = 0  # workers notified and not yet back at the ready queue
         self._stopping = False
         self._threads = [
             threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
@@ -82,12 +87,21 @@ class WorkerPool:
             if not inbox.scheduled:
                 inbox.scheduled = True
                 self._ready.append(inbox)
-                self._cond.notify()
+                self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Notify a sleeping worker unless one is already on its way (lock held)."""
+        if self._idle > self._waking and self._waking == 0:
+            self._waking += 1
+            self._cond.notify()
 
     def _take(self) -> list[tuple[Inbox, list[Packet]]] | None:
         with self._cond:
             while not self._ready and not self._stopping:
+                self._idle += 1
                 self._cond.wait()
+                self._idle -= 1
+                self._waking = max(0, self._waking - 1)
             if self._stopping:
                 return None
             share = max(1, len(self._ready) // self.count)
@@ -97,6 +111,8 @@ class WorkerPool:
                 packets, inbox.packets = inbox.packets, []
                 self._pending -= len(packets)
                 taken.append((inbox, packets))
+            if self._ready:
+                self._wake_one()  # work left behind: pass it on
             return taken
 
     def _run(self) -> None:
@@ -113,7 +129,6 @@ class WorkerPool:
                 for inbox, _ in taken:
                     if inbox.packets:  # more arrived while we ran it: back in line, in order
                         self._ready.append(inbox)
-                        self._cond.notify()
                     else:
                         inbox.scheduled = False
 

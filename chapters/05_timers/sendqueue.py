@@ -33,7 +33,7 @@ class SendQueue:
     """Replies from the workers, written by one send thread.
 
     * :meth:`put_many` (C++: msgSend) queues replies and posts the semaphore once per
-      batch. When the whole queue already holds ``limit`` replies the new ones are dropped
+      batch (the original posts once per reply). When the whole queue already holds ``limit`` replies the new ones are dropped
       and counted (C++: the 50000 check): a server under attack must not grow without bound.
     * The send thread (C++: ServerSendQueueThread) waits on the semaphore, takes *the
       whole queue* at once, drops replies whose generation is stale, and writes each
@@ -64,14 +64,20 @@ class SendQueue:
     def put_many(self, replies: list[Reply]) -> None:
         """C++: msgSend, once for a whole batch of replies."""
         with self._lock:
+            was_empty = not self._queue
             room = self.limit - len(self._queue)
             dropped = replies[room:] if room < len(replies) else []
             self._queue += replies[: max(room, 0)] if dropped else replies
+            # One post per batch, and none while the queue is non-empty: the post that
+            # made it non-empty has not been consumed yet, and the send thread takes the
+            # whole queue when it is.
+            post = was_empty and bool(self._queue)
+        if post:
+            self._semaphore.release()
         if dropped:
             self._counters.add("replies_dropped.queue_full", len(dropped))
             for conn, generation, _ in dropped:
                 self.settle(conn, generation, 1)
-        self._semaphore.release()
 
     @property
     def size(self) -> int:
