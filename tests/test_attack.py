@@ -1,0 +1,432 @@
+"""The attack tools (``python -m common.attack``) against real in-process servers.
+
+Each tool must report what the server actually did (kicked, closed at accept, skipped a
+header …), must refuse any target that is not loopback without sending it a single byte,
+and, while each attack runs against chapter 6, the server must keep answering a
+well-behaved client without losing or reordering any of its replies.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from common import attack
+from common.attack import (
+    NotLoopback,
+    main,
+    resolve_target,
+    run_churn,
+    run_flood,
+    run_garbage,
+    run_idle,
+    run_slow_reader,
+    run_slowloris,
+)
+from common.client import login_packet
+from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
+from tests.conftest import ROOT, load_chapter, recv_exactly, wait_until
+
+TOOLS = ["flood", "garbage", "slowloris", "slow-reader", "churn", "idle"]
+RUNNERS = {
+    "flood": run_flood,
+    "garbage": run_garbage,
+    "slowloris": run_slowloris,
+    "slow-reader": run_slow_reader,
+    "churn": run_churn,
+    "idle": run_idle,
+}
+
+FLOOD = dict(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=100, Sock_FloodKickCounter=10)
+# Silent clients are kicked after 3 * 0.2 + 0.2 = 0.8 s.
+HEARTBEAT = dict(Sock_WaitTimeEnable=1, Sock_MaxWaitTime=0.2, Sock_PingGraceTime=0.2)
+
+
+def has(chapter: str, feature: str) -> bool:
+    return feature in load_chapter(chapter).FEATURES
+
+
+def one_at_a_time(chapter: str) -> bool:
+    """Chapter 1 (and anything without epoll) serves one client at a time."""
+    return not has(chapter, "epoll")
+
+
+# -- loopback only ------------------------------------------------------------------------
+
+NOT_LOOPBACK = [
+    "10.0.0.1",
+    "8.8.8.8",
+    "0.0.0.0",
+    "::ffff:8.8.8.8",
+    "2001:4860:4860::8888",
+    "example.com",
+    "localhost.example.com",
+    "127.0.0.1.example.com",
+]
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to resolve a name or open a connection fails the test."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network touched for a refused target: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", forbidden)
+    monkeypatch.setattr(socket.socket, "connect_ex", forbidden)
+    monkeypatch.setattr(socket.socket, "sendto", forbidden)
+    monkeypatch.setattr(socket, "create_connection", forbidden)
+    monkeypatch.setattr(socket, "getaddrinfo", forbidden)
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK)
+@pytest.mark.parametrize("tool", TOOLS)
+def test_cli_refuses_non_loopback_targets(tool, host, no_network, capsys):
+    assert main([tool, "--host", host, "--count", "1", "--duration", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: refusing") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "8.8.8.8", "example.com"])
+@pytest.mark.parametrize("tool", TOOLS)
+def test_functions_refuse_non_loopback_targets(tool, host, no_network):
+    with pytest.raises(NotLoopback):
+        RUNNERS[tool](host, 5678, count=1, duration=1.0, timeout=1.0)
+
+
+def test_localhost_resolving_elsewhere_is_refused(monkeypatch):
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        assert host == "localhost"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    with pytest.raises(NotLoopback, match=r"10\.1\.2\.3"):
+        resolve_target("localhost", 5678)
+
+
+@pytest.mark.parametrize(
+    ("host", "ip"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.9.8.7", "127.9.8.7"),
+        ("::1", "::1"),
+        ("[::1]", "::1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_loopback_literals_are_accepted(host, ip):
+    assert resolve_target(host, 5678).ip == ip
+
+
+def test_localhost_is_accepted_when_it_is_loopback(monkeypatch):
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, *a, **k: [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ],
+    )
+    assert resolve_target("localhost", 5678).ip == "127.0.0.1"  # what the chapters bind
+    assert resolve_target("LOCALHOST.", 5678).ip == "127.0.0.1"
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port where nobody listens (bound, never listening: connect is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_connection_refused_is_one_line_and_exit_1(tool, closed_port, capsys):
+    argv = [tool, "--port", str(closed_port), "--count", "2", "--duration", "2", "--timeout", "2"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: cannot connect to 127.0.0.1:{closed_port}: "
+        "connection refused (is the server running?)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["garbage", "--length", "8"],
+        ["garbage", "--length", "29000"],
+        ["garbage", "--length", "65536"],
+        ["flood", "--count", "0"],
+        ["idle", "--duration", "0"],
+        ["churn", "--hold", "-1"],
+        ["bogus"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(argv, no_network, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_for_every_tool(tool, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([tool, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--host", "--port", "--count", "--duration", "--timeout"):
+        assert option in out
+
+
+def test_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "common.attack", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for tool in TOOLS:
+        assert tool in result.stdout
+
+
+# -- flood --------------------------------------------------------------------------------
+
+
+@pytest.mark.features("flood")
+def test_flood_is_kicked_after_exactly_ten_replies(serve, capsys):
+    srv = serve(**FLOOD)
+    report = run_flood(srv.host, srv.port, count=100, duration=10)
+    assert (report.kicked, report.replies, report.closed_on_request) == (True, 10, 11)
+    assert report.closed_by in ("EOF", "reset")
+    # and the command line says so
+    assert main(["flood", "--port", str(srv.port), "--count", "100", "--duration", "10"]) == 0
+    assert f"flood: kicked after 10 replies ({report.closed_by} on request 11) in" in (
+        capsys.readouterr().out
+    )
+
+
+def test_flood_is_not_kicked_without_flood_detection(chapter, serve, capsys):
+    srv = serve(Sock_FloodAttackKickEnable=0) if has(chapter, "flood") else serve()
+    report = run_flood(srv.host, srv.port, count=200, duration=10)
+    assert (report.kicked, report.timed_out, report.requests, report.replies) == (
+        False,
+        False,
+        200,
+        200,
+    )
+    assert main(["flood", "--port", str(srv.port), "--count", "50"]) == 0
+    assert "flood: not kicked: 50 replies in " in capsys.readouterr().out
+
+
+# -- garbage ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [7, 65535])
+def test_garbage_closed_by_chapter_6_skipped_before(chapter, serve, length, capsys):
+    srv = serve()
+    report = run_garbage(srv.host, srv.port, length=length, count=5, duration=10)
+    if has(chapter, "flood"):
+        assert (report.closed, report.replies) == (True, 0)
+        expected = (
+            "garbage: closed by the server after the malformed header "
+            f"(length {length}): 0 of 5 pings answered"
+        )
+    else:
+        assert (report.closed, report.timed_out, report.replies) == (False, False, 5)
+        assert srv.stats()["malformed"] == 1
+        expected = (
+            f"garbage: header (length {length}) skipped: "
+            "all 5 pings after it answered, connection kept open"
+        )
+    assert main(["garbage", "--port", str(srv.port), "--length", str(length)]) == 0
+    assert expected in capsys.readouterr().out
+
+
+# -- idle and slowloris -------------------------------------------------------------------
+
+
+@pytest.mark.features("timers")
+def test_idle_connections_are_closed_by_the_heartbeat(serve):
+    srv = serve(**HEARTBEAT)
+    progress: list[str] = []
+    report = run_idle(srv.host, srv.port, count=5, duration=10, progress=progress.append)
+    assert (report.opened, report.connect_failed, report.closed) == (5, 0, 5)
+    assert report.elapsed < 10  # ended as soon as the last one was closed
+    assert progress[0].startswith("idle: 1 held open, 0 closed by the server")
+
+
+@pytest.mark.features("timers")
+def test_slowloris_connections_are_closed_by_the_heartbeat(serve):
+    """A partial packet and a byte every 0.1 s are not pings: the silence kick fires."""
+    srv = serve(**HEARTBEAT)
+    report = run_slowloris(srv.host, srv.port, count=3, duration=10, interval=0.1)
+    assert (report.opened, report.connect_failed, report.closed, report.replies) == (3, 0, 3, 0)
+    assert report.bytes_sent >= 3 * 4  # half a header each, at least
+
+
+@pytest.mark.parametrize("tool", ["idle", "slowloris"])
+def test_held_connections_stay_open_without_heartbeat(chapter, serve, tool):
+    srv = serve(Sock_WaitTimeEnable=0) if has(chapter, "timers") else serve()
+    count = 1 if one_at_a_time(chapter) else 3
+    report = RUNNERS[tool](srv.host, srv.port, count=count, duration=0.2)
+    assert (report.opened, report.closed, report.still_open) == (count, 0, count)
+
+
+# -- slow-reader --------------------------------------------------------------------------
+
+
+@pytest.mark.features("sendqueue")
+def test_slow_reader_is_kicked(serve):
+    srv = serve()
+    report = run_slow_reader(srv.host, srv.port, count=60_000, duration=15, request="login")
+    assert report.kicked, report.verdict()
+    assert report.elapsed < 15  # the kick, not the time limit, ended it
+    # a kicked reader finds at most what the kernel buffers held, never every reply
+    assert report.replies_read < report.requests_sent
+
+
+def test_slow_reader_not_kicked_before_the_send_queue(chapter, serve):
+    if has(chapter, "sendqueue"):
+        pytest.skip(f"{chapter} has the send queue (and its backlog kick)")
+    srv = serve()
+    report = run_slow_reader(srv.host, srv.port, count=5000, duration=0.5, request="login")
+    assert not report.kicked, report.verdict()
+    assert report.requests_sent >= 5000
+    assert report.replies_read == report.requests_sent
+
+
+# -- churn --------------------------------------------------------------------------------
+
+
+def test_churn_every_connect_served(chapter, serve):
+    srv = serve()
+    report = run_churn(srv.host, srv.port, count=20, duration=10)
+    assert (report.cycles, report.accepted, report.closed_at_accept, report.no_answer) == (
+        20,
+        20,
+        0,
+        0,
+    )
+
+
+@pytest.mark.features("pool")
+def test_churn_beyond_the_online_limit_is_closed_at_accept(serve):
+    srv = serve(worker_connections=5)
+    progress: list[str] = []
+    report = run_churn(srv.host, srv.port, count=20, duration=10, hold=5, progress=progress.append)
+    assert progress[0] == "churn: 0 of 20 cycles, 0 served, 0 closed at accept"
+    assert (report.held_answered, report.held_still_open) == (5, 5)
+    assert (report.cycles, report.accepted, report.closed_at_accept, report.no_answer) == (
+        20,
+        0,
+        20,
+        0,
+    )
+
+
+# -- the server keeps serving a well-behaved client through every attack -----------------
+
+
+def login_reply(username: str) -> bytes:
+    return encode_packet(MsgCode.LOGIN, Login(username, Status.NO_USER.name).encode())
+
+
+class WellBehavedClient(threading.Thread):
+    """Sends a ping and a login for ``good<i>`` in one write, reads both replies, waits
+    150 ms after the replies, and again. Pings keep the heartbeat happy; the pause (longer
+    than the 100 ms flood interval, and counted from the reply so the server never sees
+    two of our packets closer than that, except the login right after its ping) keeps
+    the flood counter at 1 at most. Distinct usernames make any reordering visible."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(name="well-behaved", daemon=True)
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.stopping = threading.Event()
+        self.expected: list[bytes] = []
+        self.received: list[bytes] = []
+        self.error: BaseException | None = None
+
+    @property
+    def exchanges(self) -> int:
+        return len(self.received) // 2
+
+    def run(self) -> None:
+        try:
+            with self.sock:
+                i = 0
+                while not self.stopping.is_set():
+                    name = f"good{i}"
+                    self.expected += [PING_PACKET, login_reply(name)]
+                    self.sock.sendall(PING_PACKET + login_packet(name, "pw"))
+                    data = recv_exactly(self.sock, len(PING_PACKET) + len(login_reply(name)))
+                    self.received += [data[: len(PING_PACKET)], data[len(PING_PACKET) :]]
+                    i += 1
+                    self.stopping.wait(0.15)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        assert not self.is_alive(), "the well-behaved client did not stop"
+
+
+ATTACKS = {
+    "flood": lambda h, p: run_flood(h, p, count=200, duration=5),
+    "garbage": lambda h, p: run_garbage(h, p, length=65535, count=5, duration=5),
+    "slowloris": lambda h, p: run_slowloris(h, p, count=3, duration=5, interval=0.1),
+    "slow-reader": lambda h, p: run_slow_reader(h, p, count=20_000, duration=5),
+    "churn": lambda h, p: run_churn(h, p, count=20, duration=5, hold=5),
+    "idle": lambda h, p: run_idle(h, p, count=3, duration=5),
+}
+
+
+def check_attack(tool: str, report: attack.Report) -> None:
+    """What each attack meets in chapter 6 with flood and heartbeat both on."""
+    if tool == "flood":
+        assert (report.kicked, report.replies) == (True, 10)
+    elif tool == "garbage":
+        assert (report.closed, report.replies) == (True, 0)
+    elif tool in ("slowloris", "idle"):
+        assert report.closed == report.opened == 3
+    elif tool == "slow-reader":
+        assert report.kicked  # by the flood kick, the backlog kick or both: all the same here
+    elif tool == "churn":
+        assert (report.cycles, report.held_answered) == (20, 5)
+
+
+@pytest.mark.features("flood", "timers")
+@pytest.mark.parametrize("tool", list(ATTACKS))
+def test_well_behaved_client_is_served_throughout(serve, tool):
+    # Room for the well-behaved client and the 5 connections churn holds; churn's
+    # further connects are then closed at accept.
+    srv = serve(**FLOOD, **HEARTBEAT, worker_connections=6)
+    good = WellBehavedClient(srv.host, srv.port)
+    good.start()
+    try:
+        wait_until(lambda: good.exchanges >= 2 or not good.is_alive())
+        report = ATTACKS[tool](srv.host, srv.port)
+        after = good.exchanges
+        wait_until(lambda: good.exchanges >= after + 2 or not good.is_alive())
+    finally:
+        good.finish()
+    assert good.error is None, f"well-behaved client failed: {good.error!r}"
+    assert good.received == good.expected
+    assert good.exchanges >= 4
+    check_attack(tool, report)
