@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +42,8 @@ from common.protocol import (
     crc32,
     encode_packet,
 )
+
+log = logging.getLogger("logic")
 
 
 # --8<-- [start:drop_reasons]
@@ -188,7 +192,7 @@ class Logic:
         if len(body) != Register.SIZE:
             return _DROPS[DropReason.WRONG_SIZE]
         request = Register.decode(body)
-        status = self.store.register(request.username, request.password)
+        status = self._guarded(self.store.register, request.username, request.password)
         reply = Register(int(status), request.username, status.name).encode()
         return Outcome(encode_packet(MsgCode.REGISTER, reply), None, False)
 
@@ -197,8 +201,19 @@ class Logic:
         if len(body) != Login.SIZE:
             return _DROPS[DropReason.WRONG_SIZE]
         request = Login.decode(body)
-        status = self.store.login(request.username, request.password)
+        status = self._guarded(self.store.login, request.username, request.password)
         reply = Login(request.username, status.name).encode()
         return Outcome(encode_packet(MsgCode.LOGIN, reply), None, False)
 
     # --8<-- [end:register_login]
+
+    @staticmethod
+    def _guarded(operation: Callable[[str, str], Status], username: str, password: str) -> Status:
+        """Run a store operation; a database failure (disk full, file removed, locked) is
+        this request's ERROR reply, never an exception that would take down the thread
+        running the logic (in chapters 1-3, the event loop itself)."""
+        try:
+            return operation(username, password)
+        except sqlite3.Error as exc:
+            log.error("user store failed: %s", exc)
+            return Status.ERROR

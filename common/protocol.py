@@ -155,6 +155,7 @@ class Status(IntEnum):
     NO_USER = 2
     BAD_PASSWORD = 3
     INVALID = 4
+    ERROR = 5  # the server could not reach its user store (disk full, file removed …)
 
 
 # --8<-- [end:status]

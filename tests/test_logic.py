@@ -402,3 +402,21 @@ def test_counters_snapshot_nesting_and_zeros():
     snap = counters.snapshot()
     snap["drops"]["bad_crc"] = 99  # a copy: the counters are untouched
     assert counters.get("drops.bad_crc") == 3
+
+
+def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path):
+    """A database error (here: the store's connection is gone) must not escape handle():
+    in chapters 1-3 it would stop the event loop, in 4-6 it would lose the reply."""
+    from common.client import login_packet, register_packet
+    from common.logic import Logic, UserStore
+    from common.protocol import Login, MsgCode, PacketParser, Register, Status, encode_packet
+
+    store = UserStore(str(tmp_path / "users.sqlite3"), iterations=1)
+    logic = Logic(store)
+    store._db.close()  # every statement now raises sqlite3.ProgrammingError
+    [register] = PacketParser().feed(register_packet("amy", "pw"))
+    [login] = PacketParser().feed(login_packet("amy", "pw"))
+    assert logic.handle(register).reply == encode_packet(
+        MsgCode.REGISTER, Register(int(Status.ERROR), "amy", "ERROR").encode()
+    )
+    assert logic.handle(login).reply == encode_packet(MsgCode.LOGIN, Login("amy", "ERROR").encode())
