@@ -277,3 +277,45 @@ def test_kicked_client_sees_the_connection_closed(serve):
         assert_closed_by_server(sock)
     finally:
         sock.close()
+
+
+class SlowStore(UserStore):
+    """Each register takes 50 ms, like a real password hash (work inside the server,
+    not a sleep used to synchronise the test)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:", iterations=1000)
+        self.pace = threading.Event()
+
+    def register(self, username: str, password: str) -> Status:
+        self.pace.wait(0.05)
+        return super().register(username, password)
+
+
+def test_a_client_pipelining_slow_requests_does_not_starve_others(serve):
+    """One worker, one client with 40 slow registers queued: another client's ping gets a
+    turn after at most one of them, not after all 40."""
+    srv = serve(ProcMsgRecvWorkThreadCount=1)
+    srv.server.logic.store = SlowStore()
+    with srv.raw(timeout=30) as greedy, srv.raw(timeout=30) as other:
+        greedy.sendall(b"".join(register_packet(f"g{i}", "pw") for i in range(40)))
+        assert recv_exactly(greedy, 108) == register_reply(Status.OK, "g0")
+        other.sendall(PING_PACKET)
+        assert recv_exactly(other, 8) == PING_PACKET
+        # The ping came back while most of the greedy client's work is still queued.
+        greedy.setblocking(False)
+        waiting = bytearray()
+        try:
+            while True:
+                chunk = greedy.recv(65536)
+                if not chunk:
+                    break
+                waiting += chunk
+        except BlockingIOError:
+            pass
+        assert len(waiting) < 10 * 108, "the ping waited behind the greedy client's batch"
+        greedy.setblocking(True)
+        rest = recv_exactly(greedy, 39 * 108 - len(waiting))
+        assert bytes(waiting) + rest == b"".join(
+            register_reply(Status.OK, f"g{i}") for i in range(1, 40)
+        )

@@ -290,15 +290,22 @@ class Server:
     # --8<-- [end:on_readable]
 
     # --8<-- [start:run_logic]
-    def run_logic(self, conn: Connection, generation: int, packets: list[Packet]) -> list[Reply]:
-        """Run on a worker thread: validate and answer one client's packets, in order.
+    def run_logic(
+        self, conn: Connection, generation: int, packets: list[Packet], deadline: float
+    ) -> tuple[list[Reply], int]:
+        """Run on a worker thread: validate and answer one client's packets, in order, until
+        done or past ``deadline`` (then the worker lets other clients have a turn).
         C++: CLogicSocket::threadRecvProcFunc (with its iCurrsequence check)."""
         replies: list[Reply] = []
         unanswered = 0
-        for i, packet in enumerate(packets):
+        done = 0
+        for packet in packets:
             if conn.generation != generation:
                 # The client left while its requests waited: don't do its work.
-                self.counters.add("stale_requests", len(packets) - i)
+                self.counters.add("stale_requests", len(packets) - done)
+                done = len(packets)
+                break
+            if done and time.monotonic() > deadline:
                 break
             outcome = self.logic.handle(packet)
             if outcome.reply is not None:
@@ -306,9 +313,10 @@ class Server:
             else:
                 self.counters.add(f"drops.{outcome.drop}")
                 unanswered += 1
+            done += 1
         if unanswered:
             self.sendqueue.settle(conn, generation, unanswered)
-        return replies
+        return replies, done
 
     # --8<-- [end:run_logic]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -17,11 +18,19 @@ from .connection import Connection
 log = logging.getLogger("workers")
 
 # What a worker does with one client's packets (C++: CLogicSocket::threadRecvProcFunc):
-# returns the replies as (connection, generation, bytes).
+# answers them in order until done or past the deadline (a monotonic time), and returns
+# the replies as (connection, generation, bytes) and how many packets it got through.
 Reply = tuple[Connection, int, bytes]
-Job = Callable[[Connection, int, list[Packet]], list[Reply]]
+Job = Callable[[Connection, int, list[Packet], float], tuple[list[Reply], int]]
 # Where a worker hands its batch of replies (the send queue's put_many).
 Deliver = Callable[[list[Reply]], None]
+
+
+# How long a worker stays with one client before it lets the others have a turn. Pings
+# take microseconds, a login with the shipped hash cost a few hundred ms: without a
+# turn, a client that pipelines 500 logins would hold a worker for minutes while
+# everyone queued behind it waits.
+TURN = 0.005
 
 
 # --8<-- [start:workers]
@@ -118,16 +127,25 @@ class WorkerPool:
     def _run(self) -> None:
         while (taken := self._take()) is not None:
             replies: list[Reply] = []
+            leftovers: list[list[Packet]] = []
             for inbox, packets in taken:
+                done = len(packets)
                 try:
-                    replies += self._job(inbox.conn, inbox.generation, packets)
+                    answered, done = self._job(
+                        inbox.conn, inbox.generation, packets, time.monotonic() + TURN
+                    )
+                    replies += answered
                 except Exception:  # a bug in the logic must not kill the worker
                     log.exception("worker: job failed for %s:%d", *inbox.conn.addr)
+                leftovers.append(packets[done:])
             if replies:
                 self._deliver(replies)
             with self._cond:
-                for inbox, _ in taken:
-                    if inbox.packets:  # more arrived while we ran it: back in line, in order
+                for (inbox, _), rest in zip(taken, leftovers, strict=True):
+                    if rest:  # its turn is over: the rest goes first next time, in order
+                        inbox.packets[:0] = rest
+                        self._pending += len(rest)
+                    if inbox.packets:  # more to do: back in line, behind the others
                         self._ready.append(inbox)
                     else:
                         inbox.scheduled = False
