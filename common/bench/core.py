@@ -122,7 +122,8 @@ class BenchResult:
     connected: int
     connect_failures: int
     setup_failures: int
-    server_cpu_pct: float | None
+    server_cpu_pct: float | None  # user + system, % of one core
+    server_sys_pct: float | None  # the kernel's share of it
     server_rss_kib: dict[str, int | None]
     client_cpu_pct: list[float]
     client_sys_pct: list[float]  # the kernel's share of client_cpu_pct (socket calls)
@@ -130,6 +131,7 @@ class BenchResult:
     server_bottleneck: bool
     cpus: int
     event_loop: str = ""
+    database: str = ""  # the started server's user database
     idle: IdleReport | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -274,20 +276,14 @@ def run_bench(
                 idle_report.keepalive_pings = idle.keepalive_pings
                 idle_report.bad_replies = idle.bad_replies
         event_loop = server.loop_line if server is not None else ""
+        database = str(server.database) if server is not None else ""
         if server is not None and not server.alive():
             say(f"the server exited during the run; its last output: {' | '.join(server.tail)}")
-    return _aggregate(
-        name,
-        opts,
-        results,
-        server_cpu,
-        window,
-        rss_before,
-        rss_after,
-        idle_report,
-        event_loop,
-        notes,
+    result = _aggregate(
+        name, opts, results, server_cpu, window, rss_before, rss_after, idle_report, notes
     )
+    result.event_loop, result.database = event_loop, database
+    return result
 
 
 def _open_idle(
@@ -317,7 +313,7 @@ def _open_idle(
 
 def _drive(
     opts: BenchOptions, port: int, procs: int, pid: int | None, progress: ProgressFn | None
-) -> tuple[list[dict[str, Any]], float | None, float]:
+) -> tuple[list[dict[str, Any]], tuple[float, float] | None, float]:
     """Start the client processes, run the schedule, collect their results."""
     ctx = multiprocessing.get_context("spawn")
     channel = ctx.Queue()
@@ -392,7 +388,10 @@ def _drive(
                 raise BenchError(f"a client process failed: {message[2]}")
         server_cpu = None
         if cpu0 is not None and cpu1 is not None and t1 > t0:
-            server_cpu = (cpu1 - cpu0) / (t1 - t0) * 100
+            server_cpu = (
+                (cpu1[0] - cpu0[0]) / (t1 - t0) * 100,
+                (cpu1[1] - cpu0[1]) / (t1 - t0) * 100,
+            )
         return [results[i] for i in range(procs)], server_cpu, opts.duration
     except BaseException:
         ctl[CTL_ABORT] = 1
@@ -426,12 +425,11 @@ def _aggregate(
     name: str,
     opts: BenchOptions,
     results: list[dict[str, Any]],
-    server_cpu: float | None,
+    server_cpu: tuple[float, float] | None,
     window: float,
     rss_before: int | None,
     rss_after: int | None,
     idle: IdleReport | None,
-    event_loop: str,
     notes: list[str],
 ) -> BenchResult:
     hist = [0] * HIST_BUCKETS
@@ -447,7 +445,7 @@ def _aggregate(
     client_cpu = [r["cpu_seconds"] / r["window"] * 100 if r["window"] else 0.0 for r in results]
     client_sys = [r["sys_seconds"] / r["window"] * 100 if r["window"] else 0.0 for r in results]
     client_bound = bool(client_cpu) and max(client_cpu) >= CLIENT_BUSY
-    server_bound = server_cpu is not None and server_cpu >= SERVER_BUSY
+    server_bound = server_cpu is not None and server_cpu[0] >= SERVER_BUSY
     connect_failures = sum(r["connect_failures"] for r in results)
     if connect_failures:
         first = next(r["connect_error"] for r in results if r["connect_error"])
@@ -466,14 +464,14 @@ def _aggregate(
         connected=sum(r["connected"] for r in results),
         connect_failures=connect_failures,
         setup_failures=sum(r["setup_failures"] for r in results),
-        server_cpu_pct=server_cpu,
+        server_cpu_pct=None if server_cpu is None else server_cpu[0],
+        server_sys_pct=None if server_cpu is None else server_cpu[1],
         server_rss_kib={"before": rss_before, "after": rss_after},
         client_cpu_pct=client_cpu,
         client_sys_pct=client_sys,
         client_bottleneck=client_bound,
         server_bottleneck=server_bound,
         cpus=os.cpu_count() or 1,
-        event_loop=event_loop,
         idle=idle,
         notes=notes,
     )

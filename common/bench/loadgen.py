@@ -299,8 +299,9 @@ class Conn:
         if self.pings_only:
             data: bytes | memoryview = PINGS_VIEW[: n * HEADER_LEN]
             self.sent += n
-            self.marks.append((self.sent, now))
-            if self.checker is not None:
+            if self.checker is None:
+                self.marks.append((self.sent, now))
+            else:
                 self.checker.pending.extend([(PING_PACKET, now)] * n)
         else:
             assert self.maker is not None
@@ -762,6 +763,8 @@ def worker_main(spec: WorkerSpec, channel: Any, progress: Any, ctl: Any) -> None
         if not ctl[CTL_ABORT]:
             gen.run(ctl[CTL_START], ctl[CTL_WARMUP], ctl[CTL_DURATION], progress, ctl)
         channel.put(("result", spec.index, gen.finish().as_dict()))
+    except KeyboardInterrupt:
+        return  # Ctrl-C reaches the whole process group: the bench process reports it
     except BaseException as exc:  # reported, never a silent dead child
         channel.put(("failed", spec.index, repr(exc)))
         raise

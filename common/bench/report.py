@@ -70,7 +70,8 @@ def result_table(r: BenchResult) -> Table:
             f"PasswordHashIterations = {o['hash_iterations']} (the shipped 600000 would measure "
             f"hashlib), {o['workers']} worker threads, heartbeat "
             f"{'on' if o['heartbeat'] else 'off'}, flood check {'on' if o['flood'] else 'off'}"
-            + (f", event loop {r.event_loop}" if r.event_loop else ""),
+            + (f", event loop {r.event_loop}" if r.event_loop else "")
+            + (f", user database {r.database}" if r.database else ""),
         )
     table.add_row(
         "throughput",
@@ -84,7 +85,11 @@ def result_table(r: BenchResult) -> Table:
         f"max {_ms(lat['max'])}",
     )
     table.add_row("validation", _validation(r))
-    cpu = "?" if r.server_cpu_pct is None else f"{r.server_cpu_pct:.0f}% of one core"
+    cpu = (
+        "?"
+        if r.server_cpu_pct is None
+        else f"{r.server_cpu_pct:.0f}% of one core ({r.server_sys_pct:.0f}% in the kernel)"
+    )
     table.add_row("server CPU", cpu)
     rss = r.server_rss_kib
     if rss["before"] is not None:

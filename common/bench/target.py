@@ -102,8 +102,8 @@ def raise_nofile(needed: int) -> tuple[int, int, bool]:
 # -- /proc ----------------------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds."""
+def proc_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(utime + stime, stime) of a process (all its threads), in seconds."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -111,7 +111,8 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = data[data.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLK_TCK, stime / CLK_TCK
 
 
 def proc_rss_kib(pid: int) -> int | None:
@@ -176,9 +177,14 @@ class ServerProcess:
         self.target = target
         self.settings = settings
         self.loop = loop
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench-")
+        # The user database goes to tmpfs when there is one: a register is an SQLite commit,
+        # and on a disk its fsyncs would measure the disk rather than the server.
+        shm = Path("/dev/shm")
+        where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-", dir=where)
+        self.database = Path(self.tmp.name) / "users.sqlite3"
         self.config_path = Path(self.tmp.name) / "bench.conf"
-        self.config_path.write_text(load_config(settings, Path(self.tmp.name) / "users.sqlite3"))
+        self.config_path.write_text(load_config(settings, self.database))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.tail: deque[str] = deque(maxlen=40)
