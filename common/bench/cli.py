@@ -278,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .report import compare_table, live_progress, result_table, run_line, verdict
 
+    printed: set[str] = set()
+
     def note(text: str) -> None:
-        err.print(f"[yellow]note:[/] {text}", highlight=False)
+        if text not in printed:
+            printed.add(text)
+            err.print(f"[yellow]note:[/] {text}", highlight=False)
 
     try:
         if args.compare:
@@ -287,19 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError("--compare starts its own servers: drop --chapter/--port")
             opts.chapter = args.compare[0]  # for validation; each run sets its own
             opts.validate()
-            seen_notes: set[str] = set()
-
-            def note_once(text: str) -> None:
-                if text not in seen_notes:
-                    seen_notes.add(text)
-                    note(text)
 
             def on_run(round_: int, result: BenchResult) -> None:
                 err.print(run_line(round_, result), highlight=False)
+                for text in result.notes:
+                    note(text)
 
             with live_progress(err, "compare") as progress:
                 runs, summaries = run_compare(
-                    opts, args.compare, args.repeat, progress, note_once, on_run
+                    opts, args.compare, args.repeat, progress, note, on_run
                 )
             out.print(compare_table(summaries, args.repeat))
             busy = [r.target for r in runs if r.client_bottleneck]
@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: servers and client processes stopped")
         return 130
+    for text in result.notes:
+        note(text)
     out.print(result_table(result))
     for line in verdict(result):
         out.print(line)

@@ -446,6 +446,11 @@ def _aggregate(
     client_sys = [r["sys_seconds"] / r["window"] * 100 if r["window"] else 0.0 for r in results]
     client_bound = bool(client_cpu) and max(client_cpu) >= CLIENT_BUSY
     server_bound = server_cpu is not None and server_cpu[0] >= SERVER_BUSY
+    connected = sum(r["connected"] for r in results)
+    disconnects = sum(r["disconnects"] for r in results)
+    if connected and disconnects >= connected:
+        why = " (--flood is on: a client that never pauses is a flood)" if opts.flood else ""
+        notes.append(f"the server closed every load connection{why}")
     connect_failures = sum(r["connect_failures"] for r in results)
     if connect_failures:
         first = next(r["connect_error"] for r in results if r["connect_error"])
@@ -459,9 +464,9 @@ def _aggregate(
         latency_ms=percentiles(hist, max((r["max_latency"] for r in results), default=0.0)),
         errors=errors,
         reordered=sum(r["reordered"] for r in results),
-        disconnects=sum(r["disconnects"] for r in results),
+        disconnects=disconnects,
         unanswered=sum(r["unanswered"] for r in results),
-        connected=sum(r["connected"] for r in results),
+        connected=connected,
         connect_failures=connect_failures,
         setup_failures=sum(r["setup_failures"] for r in results),
         server_cpu_pct=None if server_cpu is None else server_cpu[0],

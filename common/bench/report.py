@@ -146,6 +146,8 @@ def _validation(r: BenchResult) -> str:
 
 def verdict(r: BenchResult) -> list[str]:
     """Who limited the rate, in plain words."""
+    if not r.replies:
+        return ["[bold red]No reply was measured[/]: see the validation row and the notes."]
     lines = []
     busiest = max(r.client_cpu_pct, default=0.0)
     n = len(r.client_cpu_pct)
