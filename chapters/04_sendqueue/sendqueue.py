@@ -23,6 +23,8 @@ class SendTarget(Protocol):
 
     def arm_epollout(self, conn: Connection) -> None: ...  # call with conn.lock held
 
+    def resolved(self, conn: Connection, n: int) -> None: ...  # call with conn.lock held
+
     def close_connection(
         self, conn: Connection, why: str, generation: int | None = None
     ) -> None: ...
@@ -132,10 +134,11 @@ class SendQueue:
                     conn.backlog = 0
                     self._target.arm_epollout(conn)
             if not kick:
-                conn.in_flight -= n
+                self._target.resolved(conn, n)
                 finish = conn.finished()
         if kick:
             self._counters.add("kicks.send_backlog")
+            self._counters.add("replies_dropped.kicked", n)
             log.warning("%s:%d does not take its replies: kicked", *conn.addr)
             self._target.close_connection(conn, "send backlog", generation)
             return
@@ -150,7 +153,7 @@ class SendQueue:
         with conn.lock:
             if conn.closed or conn.generation != generation:
                 return
-            conn.in_flight -= n
+            self._target.resolved(conn, n)
             finish = conn.finished()
         if finish:
             self._target.close_connection(conn, "peer closed, replies delivered", generation)

@@ -40,6 +40,10 @@ WRITE_EVENTS = select.EPOLLOUT
 # connection closes): a level-triggered listener stays readable while accept() fails, so
 # without the pause the loop would spin at 100% CPU.
 ACCEPT_PAUSE = 0.5
+# Requests one client may have with the workers and the send queue before we stop reading
+# from it until half of them are answered. Without it a client that sends faster than the
+# workers answer grows the receive queue without bound (the original's is unbounded).
+RECV_WINDOW = 1024
 
 
 class Server:
@@ -94,7 +98,8 @@ class Server:
             + ["accept_errors.econnaborted", "accept_errors.emfile"]
             + ["refused.online_limit", "refused.storm"]
             + ["replies_dropped.queue_full", "replies_dropped.stale", "stale_requests"]
-            + ["kicks.send_backlog", "epollout_armed", "half_closed"]
+            + ["kicks.send_backlog", "epollout_armed", "half_closed", "reading_paused"]
+            + ["replies_dropped.kicked"]
             + ["kicks.silence", "kicks.timeout"]
         )
         # --8<-- [start:heartbeat_config]
@@ -313,6 +318,10 @@ class Server:
             self.counters.add("packets_in", len(packets))
             with conn.lock:
                 conn.in_flight += len(packets)
+                if conn.in_flight >= RECV_WINDOW and not conn.reading_paused:
+                    conn.reading_paused = True
+                    self._set_mask(conn, conn.mask & ~READ_EVENTS)
+                    self.counters.add("reading_paused")
             self.workers.submit(conn, conn.generation, packets)
 
     # --8<-- [end:on_readable]
@@ -357,6 +366,15 @@ class Server:
         C++: ngx_epoll_oper_event(fd, EPOLL_CTL_MOD, EPOLLOUT, 0, conn)."""
         self.counters.add("epollout_armed")
         self._set_mask(conn, conn.mask | WRITE_EVENTS)
+
+    def resolved(self, conn: Connection, n: int) -> None:
+        """``n`` requests of ``conn`` were answered (or dropped); read from it again once
+        it is back under half its window. Called with ``conn.lock`` held, from any thread."""
+        conn.in_flight -= n
+        if conn.reading_paused and conn.in_flight <= RECV_WINDOW // 2:
+            conn.reading_paused = False
+            if not conn.peer_closed:
+                self._set_mask(conn, conn.mask | READ_EVENTS)
 
     def on_writable(self, conn: Connection) -> None:
         """Finish what the send thread could not write. C++: ngx_write_request_handler.

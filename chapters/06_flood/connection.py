@@ -31,7 +31,8 @@ class Connection:
 
     From this chapter on, three threads touch a connection (the event loop, a worker, the
     send thread). ``lock`` guards the socket and the send-side fields (``out``,
-    ``waiting``, ``backlog``, ``in_flight``, ``closed``, ``mask``); the worker pool's own
+    ``waiting``, ``backlog``, ``in_flight``, ``reading_paused``, ``closed``, ``mask``); the
+    worker pool's own
     lock guards ``inbox``.
     """
 
@@ -51,6 +52,7 @@ class Connection:
         "out",
         "parser",
         "peer_closed",
+        "reading_paused",
         "rhandler",
         "sock",
         "timer_entry",
@@ -71,6 +73,7 @@ class Connection:
         self.waiting = False  # kernel buffer full, EPOLLOUT armed (C++: iThrowsendCount > 0)
         self.backlog = 0  # replies queued behind `out` while waiting (cf. C++: iSendCount)
         self.in_flight = 0  # requests handed to the workers and not yet answered or dropped
+        self.reading_paused = False  # too many requests in flight: EPOLLIN is off for now
         self.inbox: object = None  # the current client's packets waiting for a worker
         self.mask = 0  # the epoll events currently registered
         self.peer_closed = False  # the client sent FIN; we still owe it its replies
@@ -100,6 +103,7 @@ class Connection:
             self.waiting = False
             self.backlog = 0
             self.in_flight = 0
+            self.reading_paused = False
             self.mask = 0
             self.peer_closed = False
             self.closed = False
