@@ -76,6 +76,8 @@ def test_unknown_target_is_a_clear_error(capsys):
 
 def _conn(mode: str | None) -> tuple[Conn, Stats, socket.socket, select.epoll]:
     a, b = socket.socketpair()
+    a.setblocking(False)  # as the load generator's sockets
+    b.settimeout(5)
     ep = select.epoll()
     maker = None if mode is None else RequestMaker(mode, "tXp0c0", "pw")
     conn = Conn(a, maker)

@@ -493,7 +493,7 @@ class CompareSummary:
     max_ms: float
     server_cpu_pct: float | None
     client_cpu_pct: float
-    errors: int
+    errors: int  # invalid + reordered replies, disconnects and unanswered requests
     client_bottleneck_runs: int
 
 
@@ -539,7 +539,7 @@ def run_compare(
                 statistics.median(r.latency_ms["max"] for r in mine),
                 statistics.median(cpus) if cpus else None,
                 statistics.median(max(r.client_cpu_pct, default=0.0) for r in mine),
-                sum(r.error_count + r.reordered + r.unanswered for r in mine),
+                sum(r.error_count + r.reordered + r.disconnects + r.unanswered for r in mine),
                 sum(r.client_bottleneck for r in mine),
             )
         )

@@ -60,7 +60,8 @@ def result_table(r: BenchResult) -> Table:
     table.add_column("value")
     procs = len(r.client_cpu_pct)
     load = (
-        f"mode {o['mode']}, {r.connected} connections x pipeline {o['pipeline']}, "
+        f"mode {o['mode']}, {r.connected} connection{'s' if r.connected != 1 else ''} "
+        f"x pipeline {o['pipeline']}, "
         f"{procs} client process{'es' if procs != 1 else ''}"
     )
     table.add_row("load", load)
