@@ -238,15 +238,18 @@ def run_bench(
     # The server holds every connection; this process the idle ones; each client process
     # its share. Children inherit the raised limit.
     needed = opts.connections + opts.idle_connections + 256
-    soft, hard, enough = raise_nofile(needed)
+    before, soft, hard, enough = raise_nofile(needed)
     if not enough:
         raise BenchError(
             f"need about {needed} open files but the hard limit (ulimit -Hn) is {hard}: "
             f"raise it (e.g. `ulimit -Hn {needed}` as root, or LimitNOFILE= / limits.conf) "
             "or ask for fewer connections"
         )
-    if opts.idle_connections:
-        say(f"open-file limit raised to {soft} (hard limit {hard}) for bench, clients and server")
+    if soft != before:
+        say(
+            f"open-file limit raised from {before} to {soft} (hard limit {hard}) for the "
+            "bench, its client processes and the server"
+        )
 
     with _server(opts, target) as server:
         pid = server.pid if server is not None else opts.server_pid

@@ -85,18 +85,18 @@ def check_loopback(host: str) -> str:
 # -- file descriptors -----------------------------------------------------------------------
 
 
-def raise_nofile(needed: int) -> tuple[int, int, bool]:
+def raise_nofile(needed: int) -> tuple[int, int, int, bool]:
     """Raise this process's RLIMIT_NOFILE soft limit to ``needed`` if the hard limit
     allows. Child processes (client processes, the server) inherit it.
 
-    Returns (soft, hard, enough)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    Returns (soft limit before, soft limit now, hard limit, enough)."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = before
     if soft != resource.RLIM_INFINITY and soft < needed:
-        new_soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
-        soft = new_soft
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     enough = soft == resource.RLIM_INFINITY or soft >= needed
-    return soft, hard, enough
+    return before, soft, hard, enough
 
 
 # -- /proc ----------------------------------------------------------------------------------
