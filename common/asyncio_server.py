@@ -13,7 +13,8 @@ Design, in asyncio terms:
 
 * one :class:`Connection` (an ``asyncio.Protocol``) per client; ``data_received`` feeds a
   :class:`~common.protocol.PacketParser` and answers every complete packet with
-  :meth:`Logic.handle <common.logic.Logic.handle>`, one ``transport.write`` per batch;
+  :meth:`Logic.handle <common.logic.Logic.handle>` and one ``transport.write`` per reply:
+  the code a Python developer writes first, and *the* baseline (``--chapter asyncio``);
 * register and login hash a password (PBKDF2), which would stall every other client, so
   they run in the loop's default executor (a thread pool of ``ProcMsgRecvWorkThreadCount``
   threads). Replies must stay in request order, so a connection waiting for the executor
@@ -21,8 +22,17 @@ Design, in asyncio terms:
 * backpressure comes from asyncio itself: when the transport's write buffer is over its
   high-water mark (``pause_writing``) we stop reading from that client until it drains.
 
-``python -m common.asyncio_server --config FILE [--port N] [--loop auto|asyncio|uvloop]``
-runs it on its own (uvloop is used when installed and ``--loop`` is ``auto``).
+Style ``tuned`` (``--chapter asyncio-tuned`` in the benchmarks) is the same server after
+two optimisations a careful developer would find with a profiler: a
+``BufferedProtocol`` that reads into one reused buffer (a plain ``Protocol`` gets a fresh
+256 KiB ``bytes`` per read, which glibc serves with mmap/munmap until its thresholds adapt,
+so a fresh server can run up to three times slower, at random), and one
+``transport.write`` per batch of replies instead of one per reply. The benchmarks report
+both, so nobody mistakes "faster than naive asyncio" for "faster than asyncio".
+
+``python -m common.asyncio_server --config FILE [--port N] [--loop auto|asyncio|uvloop]
+[--style plain|tuned]`` runs it on its own (uvloop is used when installed and ``--loop``
+is ``auto``).
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ EXPENSIVE = frozenset({MsgCode.REGISTER, MsgCode.LOGIN})
 # read until the executor catches up, so parked packets cannot grow without bound.
 PARKED_LIMIT = 4096
 LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+STYLES = ("plain", "tuned")
 READ_SIZE = 65536  # bytes per read, as the chapters
 
 
@@ -77,14 +88,9 @@ def _new_event_loop(kind: str) -> tuple[asyncio.AbstractEventLoop, str]:
     return asyncio.new_event_loop(), "asyncio"
 
 
-class Connection(asyncio.BufferedProtocol):
-    """One client. All methods run on the event loop's thread except the executor job.
-
-    A ``BufferedProtocol`` rather than a plain ``Protocol``: asyncio then reads into our
-    buffer (``recv_into``) instead of allocating a fresh 256 KiB ``bytes`` for every read,
-    which glibc serves with mmap/mremap/munmap until its malloc thresholds adapt, and
-    which made the baseline up to three times slower, at random, from one run to the
-    next. The bytes are handled exactly as in ``data_received``."""
+class _Answering:
+    """One client's protocol logic, shared by both styles. All methods run on the event
+    loop's thread except the executor job."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -111,14 +117,6 @@ class Connection(asyncio.BufferedProtocol):
         self.parked.clear()
         self.server._connections.discard(self)
         self.counts["closed"] += 1
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # One buffer for every connection: the loop reads one socket at a time, and the
-        # parser copies out whatever it keeps before the next read.
-        return self.server._read_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server._read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         packets: list[Packet] = []
@@ -174,9 +172,11 @@ class Connection(asyncio.BufferedProtocol):
             self.counts[f"drops.{outcome.drop}"] += 1
 
     def _write(self, replies: list[bytes]) -> None:
+        # The plain style: one write per reply, as most asyncio code does.
         if replies and not self.lost:
             assert self.transport is not None
-            self.transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+            for reply in replies:
+                self.transport.write(reply)
             self.counts["replies_out"] += len(replies)
 
     def _submit(self, packet: Packet) -> None:
@@ -220,6 +220,28 @@ class Connection(asyncio.BufferedProtocol):
             self.read_paused = False
 
 
+class Connection(_Answering, asyncio.Protocol):
+    """The plain style: ``data_received`` and one ``transport.write`` per reply."""
+
+
+class TunedConnection(_Answering, asyncio.BufferedProtocol):
+    """The tuned style: reads into one reused buffer, one write per batch of replies."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # One buffer for every connection: the loop reads one socket at a time, and the
+        # parser copies out whatever it keeps before the next read.
+        return self.server._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server._read_view[:nbytes])
+
+    def _write(self, replies: list[bytes]) -> None:
+        if replies and not self.lost:
+            assert self.transport is not None
+            self.transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+            self.counts["replies_out"] += len(replies)
+
+
 def open_listening_sockets(host: str, ports: list[int]) -> list[socket.socket]:
     """Bind in ``__init__`` (the chapter contract: ``addresses`` is known before serving)."""
     opened: list[socket.socket] = []
@@ -245,8 +267,12 @@ class Server:
     ``loop`` picks the event loop: ``"asyncio"`` (the default, the standard library's),
     ``"uvloop"`` (required) or ``"auto"`` (uvloop when installed)."""
 
-    def __init__(self, config: Config, *, loop: str = "asyncio") -> None:
+    def __init__(self, config: Config, *, loop: str = "asyncio", style: str = "plain") -> None:
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         self.config = config
+        self.style = style
+        self._protocol = Connection if style == "plain" else TunedConnection
         self.loop_kind = loop
         self.loop_name = "?"  # what serve_forever actually runs
         self.workers = config.get_int("ProcMsgRecvWorkThreadCount", minimum=1)
@@ -268,7 +294,7 @@ class Server:
             + [f"drops.{reason}" for reason in DropReason],
             0,
         )
-        self._connections: set[Connection] = set()
+        self._connections: set[_Answering] = set()
         self._read_view = memoryview(bytearray(READ_SIZE))
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -316,7 +342,9 @@ class Server:
             return
         notice(log, "event loop: %s, %d executor threads", self.loop_name, self.workers)
         servers = [
-            await loop.create_server(lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG)
+            await loop.create_server(
+                lambda: self._protocol(self), sock=sock, backlog=LISTEN_BACKLOG
+            )
             for sock in self.listeners
         ]
         try:
@@ -380,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="event loop: uvloop when installed (auto), or force one (default: auto)",
     )
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="plain",
+        help="plain: one write per reply (the baseline); tuned: buffered reads, one write "
+        "per batch (default: plain)",
+    )
     args = parser.parse_args(argv)
     err = Console(stderr=True)
     try:
@@ -393,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["ListenAddress"] = args.host
         config = config.with_overrides(**overrides)
         setup_logging(parse_level(args.log_level or config.get_str("LogLevel")))
-        server = Server(config, loop=args.loop)
+        server = Server(config, loop=args.loop, style=args.style)
     except (ConfigError, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2

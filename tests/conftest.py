@@ -32,8 +32,13 @@ CHAPTERS = sorted(
 # Where each target's Server lives. The asyncio baseline of the benchmarks (no chapter
 # features) joins the shared protocol tests when it exists.
 SERVER_MODULES = {name: f"chapters.{name}.server" for name in CHAPTERS}
+SERVER_OPTIONS: dict[str, dict[str, str]] = {}
 if (ROOT / "common" / "asyncio_server.py").exists():
+    # Both styles of the benchmarks' baseline: plain (one write per reply) and tuned.
     SERVER_MODULES["asyncio"] = "common.asyncio_server"
+    SERVER_MODULES["asyncio-tuned"] = "common.asyncio_server"
+    SERVER_OPTIONS["asyncio"] = {"style": "plain"}
+    SERVER_OPTIONS["asyncio-tuned"] = {"style": "tuned"}
 TARGETS = list(SERVER_MODULES)
 
 # Test defaults: any free port on loopback, an in-memory user store with cheap hashing, and
@@ -86,7 +91,7 @@ class RunningServer:
     def __init__(self, chapter: str, config: Config) -> None:
         self.chapter = chapter
         module = importlib.import_module(SERVER_MODULES[chapter])
-        self.server = module.Server(config)
+        self.server = module.Server(config, **SERVER_OPTIONS.get(chapter, {}))
         self.host, self.port = self.server.addresses[0]
         self.thread = threading.Thread(
             target=self.server.serve_forever, name=f"serve-{chapter}", daemon=True

@@ -93,6 +93,8 @@ class Server:
         self._accept_paused_until = 0.0
         self._loop_thread = 0  # ident of the thread running serve_forever
         self._close_requests: list[tuple[Connection, str]] = []  # from other threads
+        self._to_submit: list[tuple[Connection, int, list[Packet]]] = []  # read this batch
+        self._batch_packets = 0
         self.counters = Counters(
             ["accepted", "closed", "packets_in", "replies_out", "malformed", "stale_events"]
             + [f"drops.{reason}" for reason in DropReason]
@@ -224,6 +226,12 @@ class Server:
                 conn.rhandler(conn)
             if mask & select.EPOLLOUT and not conn.closed and conn.whandler is not None:
                 conn.whandler(conn)
+        if self._to_submit:
+            # Everything this batch read goes to the workers in one hand-off.
+            self.workers.submit(self._to_submit)
+            self._to_submit = []
+            self.counters.add("packets_in", self._batch_packets)
+            self._batch_packets = 0
         if self._close_requests:
             self._close_requested()
 
@@ -334,14 +342,14 @@ class Server:
                 return
             packets.append(event)
         if packets:
-            self.counters.add("packets_in", len(packets))
+            self._batch_packets += len(packets)
             with conn.lock:
                 conn.in_flight += len(packets)
                 if conn.in_flight >= RECV_WINDOW and not conn.reading_paused:
                     conn.reading_paused = True
                     self._set_mask(conn, conn.mask & ~READ_EVENTS)
                     self.counters.add("reading_paused")
-            self.workers.submit(conn, conn.generation, packets)
+            self._to_submit.append((conn, conn.generation, packets))
 
     # --8<-- [end:on_readable]
 

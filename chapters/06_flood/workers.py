@@ -85,17 +85,20 @@ class WorkerPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, conn: Connection, generation: int, packets: list[Packet]) -> None:
-        """Queue one read's worth of packets. C++: inMsgRecvQueueAndSignal."""
+    def submit(self, batch: list[tuple[Connection, int, list[Packet]]]) -> None:
+        """Queue what one ``epoll.poll()`` batch read: ``(connection, generation, packets)``
+        per read, in one go (one lock, at most one wake-up). C++: inMsgRecvQueueAndSignal."""
         with self._cond:
-            inbox = conn.inbox
-            if inbox is None or inbox.generation != generation:
-                inbox = conn.inbox = Inbox(conn, generation)  # a new client on this object
-            inbox.packets += packets
-            self._pending += len(packets)
-            if not inbox.scheduled:
-                inbox.scheduled = True
-                self._ready.append(inbox)
+            for conn, generation, packets in batch:
+                inbox = conn.inbox
+                if inbox is None or inbox.generation != generation:
+                    inbox = conn.inbox = Inbox(conn, generation)  # a new client on this object
+                inbox.packets += packets
+                self._pending += len(packets)
+                if not inbox.scheduled:
+                    inbox.scheduled = True
+                    self._ready.append(inbox)
+            if self._ready:
                 self._wake_one()
 
     def _wake_one(self) -> None:

@@ -27,7 +27,7 @@ from .loadgen import (
     worker_main,
 )
 from .target import (
-    ASYNCIO,
+    BASELINES,
     BenchError,
     ServerProcess,
     ServerSettings,
@@ -216,7 +216,8 @@ def run_bench(
 
     target = resolve_target(opts.chapter) if opts.chapter else None
     if (
-        target not in (None, ASYNCIO)
+        target is not None
+        and target not in BASELINES
         and opts.connections > 1
         and "epoll" not in target_features(target)
     ):
@@ -225,7 +226,8 @@ def run_bench(
             "one is answered (use --connections 1)"
         )
     if (
-        target not in (None, ASYNCIO)
+        target is not None
+        and target not in BASELINES
         and opts.idle_connections
         and "pool" in target_features(target)
     ):

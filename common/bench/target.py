@@ -21,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTER_DIR = ROOT / "chapters"
 ASYNCIO = "asyncio"
+ASYNCIO_TUNED = "asyncio-tuned"
+# The baselines and the style of common.asyncio_server each one runs.
+BASELINES = {ASYNCIO: "plain", ASYNCIO_TUNED: "tuned"}
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -43,19 +46,20 @@ def chapters() -> list[str]:
 def resolve_target(name: str) -> str:
     """``04``, ``04_sendqueue``, ``chapters.04_sendqueue`` or ``asyncio`` -> canonical name."""
     name = name.strip().removeprefix("chapters.").rstrip("/")
-    if name.lower() == ASYNCIO:
-        return ASYNCIO
+    if name.lower() in BASELINES:
+        return name.lower()
     known = chapters()
     for chapter in known:
         if name == chapter or name == chapter[:2] or name == chapter[3:]:
             return chapter
     raise BenchError(
-        f"unknown target {name!r}: choose {ASYNCIO} or a chapter ({', '.join(known) or 'none yet'})"
+        f"unknown target {name!r}: choose {ASYNCIO}, {ASYNCIO_TUNED} or a chapter "
+        f"({', '.join(known) or 'none yet'})"
     )
 
 
 def target_features(name: str) -> frozenset[str]:
-    if name == ASYNCIO:
+    if name in BASELINES:
         module = importlib.import_module("common.asyncio_server")
     else:
         module = importlib.import_module(f"chapters.{name}")
@@ -198,8 +202,9 @@ class ServerProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        if self.target == ASYNCIO:
+        if self.target in BASELINES:
             module = ["-m", "common.asyncio_server", "--loop", self.loop]
+            module += ["--style", BASELINES[self.target]]
         else:
             module = ["-m", f"chapters.{self.target}"]
         return [sys.executable, *module, "--config", str(self.config_path)]
