@@ -196,6 +196,14 @@ def build_parser() -> RichParser:
         action="store_true",
         help="turn flood detection on (a pipelining client is a flood: expect kicks)",
     )
+    server.add_argument(
+        "--flood-counter",
+        type=int,
+        default=10,
+        metavar="N",
+        help="Sock_FloodKickCounter with --flood (default: 10, the original's); a huge value "
+        "keeps the check running on every packet without ever firing",
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -273,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         heartbeat=args.heartbeat,
         flood=args.flood,
+        flood_counter=args.flood_counter,
         idle_connections=args.idle_connections,
         loop=args.loop,
     )

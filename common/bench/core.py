@@ -71,6 +71,7 @@ class BenchOptions:
     workers: int = 4
     heartbeat: bool = False
     flood: bool = False
+    flood_counter: int = 10  # Sock_FloodKickCounter when flood detection is on
     idle_connections: int = 0
     loop: str = "auto"  # event loop of the asyncio baseline
     drain_timeout: float = 5.0
@@ -190,6 +191,7 @@ def _server(opts: BenchOptions, target: str | None) -> Iterator[ServerProcess | 
         heartbeat=opts.heartbeat,
         max_wait_time=HEARTBEAT_MAX_WAIT,
         flood=opts.flood,
+        flood_counter=opts.flood_counter,
         workers=opts.workers,
     )
     server = ServerProcess(target, settings, loop=opts.loop)

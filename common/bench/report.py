@@ -70,7 +70,8 @@ def result_table(r: BenchResult) -> Table:
             "server config",
             f"PasswordHashIterations = {o['hash_iterations']} (the shipped 600000 would measure "
             f"hashlib), {o['workers']} worker threads, heartbeat "
-            f"{'on' if o['heartbeat'] else 'off'}, flood check {'on' if o['flood'] else 'off'}"
+            f"{'on' if o['heartbeat'] else 'off'}, flood check "
+            f"{('on (kick at ' + str(o.get('flood_counter', 10)) + ')') if o['flood'] else 'off'}"
             + (f", event loop {r.event_loop}" if r.event_loop else "")
             + (f", user database {r.database}" if r.database else ""),
         )

@@ -142,6 +142,7 @@ class ServerSettings:
     heartbeat: bool = False
     max_wait_time: float = 5.0
     flood: bool = False
+    flood_counter: int = 10
     workers: int = 4
 
 
@@ -162,6 +163,7 @@ def load_config(settings: ServerSettings, database: Path) -> str:
             f"Sock_MaxWaitTime = {settings.max_wait_time:g}",
             "Sock_TimeOutKick = 0",
             f"Sock_FloodAttackKickEnable = {int(settings.flood)}",
+            f"Sock_FloodKickCounter = {settings.flood_counter}",
             f"ProcMsgRecvWorkThreadCount = {settings.workers}",
             f"UserDatabase = {database}",
             f"PasswordHashIterations = {settings.hash_iterations}",
