@@ -37,22 +37,18 @@ is ``auto``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import socket
 import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from types import FrameType
 from typing import cast
 
-from common.config import DEFAULT_CONFIG, Config, ConfigError
-from common.log import notice, parse_level, setup_logging
+from common.config import Config
+from common.log import notice
 from common.logic import DropReason, Logic, Outcome
 from common.protocol import MsgCode, Packet, PacketParser
 from common.stats import Counters
@@ -243,17 +239,15 @@ class TunedConnection(_Answering, asyncio.BufferedProtocol):
 
 
 def open_listening_sockets(host: str, ports: list[int]) -> list[socket.socket]:
-    """Bind in ``__init__`` (the chapter contract: ``addresses`` is known before serving)."""
+    """Bind in ``__init__`` (the chapter contract: ``addresses`` is known before serving).
+    ``socket.create_server`` is what an asyncio developer would reach for; it sets
+    ``SO_REUSEADDR`` as the chapters' ``listening.py`` does by hand."""
     opened: list[socket.socket] = []
     try:
         for port in ports:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            opened.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setblocking(False)
-            sock.bind((host, port))
-            sock.listen(LISTEN_BACKLOG)
-            notice(log, "listening on %s:%d", *sock.getsockname()[:2])
+            opened.append(socket.create_server((host, port), backlog=LISTEN_BACKLOG))
+            opened[-1].setblocking(False)
+            notice(log, "listening on %s:%d", *opened[-1].getsockname()[:2])
     except OSError:
         for sock in opened:
             sock.close()
@@ -390,18 +384,15 @@ class Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m common.asyncio_server``: run the baseline until SIGINT/SIGTERM."""
-    from rich.console import Console
+    """``python -m common.asyncio_server``: run the baseline until SIGINT/SIGTERM, with the
+    chapters' command line (common.cli) plus ``--loop`` and ``--style``."""
+    from common.cli import build_parser, serve
 
-    parser = argparse.ArgumentParser(
-        prog="python -m common.asyncio_server",
-        description="The asyncio baseline server (same protocol and logic as the chapters), "
+    parser = build_parser(
+        "python -m common.asyncio_server",
+        "The asyncio baseline server (same protocol and logic as the chapters), "
         "for benchmarks: python -m common.bench --chapter asyncio.",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")
-    parser.add_argument("--port", type=int, metavar="N", help="listen on this port (0: any)")
-    parser.add_argument("--host", metavar="ADDR", help="address to bind instead of ListenAddress")
-    parser.add_argument("--log-level", metavar="LEVEL", help="0-8 or a name (default: LogLevel)")
     parser.add_argument(
         "--loop",
         choices=LOOP_CHOICES,
@@ -416,59 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         "per batch (default: plain)",
     )
     args = parser.parse_args(argv)
-    err = Console(stderr=True)
-    try:
-        config = Config.load(args.config)
-        overrides: dict[str, object] = {}
-        if args.port is not None:
-            if not 0 <= args.port <= 65535:
-                raise ConfigError("--port", None, f"must be 0-65535, got {args.port}")
-            overrides.update(ListenPortCount=1, ListenPort0=args.port)
-        if args.host is not None:
-            overrides["ListenAddress"] = args.host
-        config = config.with_overrides(**overrides)
-        setup_logging(parse_level(args.log_level or config.get_str("LogLevel")))
-        server = Server(config, loop=args.loop, style=args.style)
-    except (ConfigError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
-    except OSError as exc:
-        err.print(f"[bold red]error:[/] cannot start the server: {exc}", highlight=False)
-        return 1
-
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    def serve() -> None:
-        try:
-            server.serve_forever()
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    thread = threading.Thread(target=serve, name="serve", daemon=True)
-    thread.start()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.shutdown()
-        thread.join(timeout=15)
-    if failure:
-        err.print(f"[bold red]error:[/] the server stopped on an error: {failure[0]!r}")
-        return 1
-    err.print(
-        f"[green]Goodbye:[/] asyncio baseline stopped cleanly "
-        f"({server.stats().get('accepted', 0)} connections served).",
-        highlight=False,
+    return serve(
+        args,
+        lambda config: Server(config, loop=args.loop, style=args.style),
+        "asyncio baseline",
+        TITLE,
     )
-    return 0
 
 
 if __name__ == "__main__":

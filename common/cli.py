@@ -16,8 +16,10 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from rich.console import Console
 
@@ -28,10 +30,11 @@ from common.platform import UnsupportedPlatform
 log = logging.getLogger("cli")
 
 
-def build_parser(package: str, title: str, description: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every server shares (chapters and the asyncio baseline)."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m {package}",
-        description=f"{title}: {description}",
+        prog=prog,
+        description=description,
         epilog="Stop it with Ctrl-C (or SIGTERM): it closes every connection and exits 0.",
     )
     parser.add_argument(
@@ -71,9 +74,34 @@ def main(package: str, argv: list[str] | None = None) -> int:
     # The docstring's first line is "Chapter N: what it adds"; --help shows the part after ':'.
     first_line = ((chapter.__doc__ or "").strip().splitlines() or [package])[0]
     description = first_line.partition(": ")[2] or first_line
-    args = build_parser(package, title, description).parse_args(argv)
-    err = Console(stderr=True)
+    args = build_parser(f"python -m {package}", f"{title}: {description}").parse_args(argv)
 
+    def make_server(config: Config) -> ServerLike:
+        return importlib.import_module(f"{package}.server").Server(config)
+
+    return serve(args, make_server, package, title)
+
+
+class ServerLike(Protocol):
+    """The chapter contract, as far as the command line uses it."""
+
+    def serve_forever(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+
+def serve(
+    args: argparse.Namespace,
+    make_server: Callable[[Config], ServerLike],
+    name: str,
+    title: str,
+) -> int:
+    """Load the config (with ``--port``/``--host``), set up logging, start the server, and
+    serve until SIGINT/SIGTERM; then shut down cleanly and say goodbye. Exit status: 0 on a
+    clean stop, 1 when the server cannot start or fails, 2 for a config problem."""
+    err = Console(stderr=True)
     try:
         config = Config.load(args.config)
         overrides: dict[str, object] = {}
@@ -91,12 +119,11 @@ def main(package: str, argv: list[str] | None = None) -> int:
 
     setup_logging(level)
     try:
-        server_module = importlib.import_module(f"{package}.server")
-        server = server_module.Server(config)
+        server = make_server(config)
     except UnsupportedPlatform as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except OSError as exc:
@@ -111,7 +138,7 @@ def main(package: str, argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    def serve() -> None:
+    def serve_thread() -> None:
         try:
             server.serve_forever()
         except BaseException as exc:  # reported by the main thread, then a clean exit 1
@@ -121,10 +148,10 @@ def main(package: str, argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    thread = threading.Thread(target=serve, name="serve", daemon=True)
+    thread = threading.Thread(target=serve_thread, name="serve", daemon=True)
     thread.start()
     try:
-        if args.dashboard:
+        if getattr(args, "dashboard", False):
             _run_dashboard(server, title, stop)
         else:
             # A timed wait, so the main thread returns to the interpreter often enough to run
@@ -139,21 +166,21 @@ def main(package: str, argv: list[str] | None = None) -> int:
         return 1
     stats = server.stats()
     err.print(
-        f"[green]Goodbye:[/] {package} stopped cleanly "
+        f"[green]Goodbye:[/] {name} stopped cleanly "
         f"({stats.get('accepted', 0)} connections served).",
         highlight=False,
     )
     return 0
 
 
-def _run_dashboard(server: object, title: str, stop: threading.Event) -> None:
+def _run_dashboard(server: ServerLike, title: str, stop: threading.Event) -> None:
     from rich.live import Live
 
     from common.dashboard import render
 
-    with Live(render(server.stats(), title), refresh_per_second=1, screen=False) as live:  # type: ignore[attr-defined]
+    with Live(render(server.stats(), title), refresh_per_second=1, screen=False) as live:
         while not stop.wait(1.0):
-            live.update(render(server.stats(), title))  # type: ignore[attr-defined]
+            live.update(render(server.stats(), title))
 
 
 def run(package: str) -> None:
