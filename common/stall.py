@@ -23,16 +23,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import re
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +35,13 @@ from rich.console import Console
 from rich.table import Table
 
 from common import chapters as ch
+from common.bench.target import BenchError, ServerSettings
+from common.bench.target import ServerProcess as BenchServer
 from common.client import Client, login_packet, ping_packet, register_packet
 from common.protocol import Login, MsgCode, Packet, Register, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 DEFAULT_ITERATIONS = 600_000  # the shipped nginx.conf's PasswordHashIterations
 PING_INTERVAL = 0.020
 USERNAME = "stall"
@@ -103,113 +98,39 @@ class StallResult:
 # ----------------------------------------------------------------------------------------
 
 
-def config_text(database: Path, iterations: int, workers: int) -> str:
-    """The temporary config: the shipped keys that matter, with a port chosen by the OS.
-
-    Heartbeat and flood detection are off: a ping every 20 ms is exactly what chapter 6
-    calls a flood, and the experiment is about the event loop, not the defences."""
-    return "\n".join(
-        [
-            "# written by python -m common.stall",
-            "ListenAddress = 127.0.0.1",
-            "ListenPortCount = 1",
-            "ListenPort0 = 0",
-            "LogLevel = 6",
-            "worker_connections = 64",
-            "Sock_RecyConnectionWaitTime = 1",
-            "Sock_WaitTimeEnable = 0",
-            "Sock_FloodAttackKickEnable = 0",
-            f"ProcMsgRecvWorkThreadCount = {workers}",
-            f"UserDatabase = {database}",
-            f"PasswordHashIterations = {iterations}",
-            "",
-        ]
-    )
-
-
 class ServerProcess:
-    """``python -m chapters.NN_name --config <temp conf>`` in a subprocess, as a context
-    manager that always stops it (SIGINT for a clean shutdown, SIGKILL if that hangs)."""
+    """The chapter in a subprocess (``common.bench``'s server runner: a temporary config
+    with a port chosen by the OS, heartbeat and flood detection off, since a ping every
+    20 ms is exactly what chapter 6 calls a flood and the experiment is about the event
+    loop, not the defences), as a context manager that always stops it."""
 
     def __init__(self, chapter: str, iterations: int, workers: int) -> None:
         self.chapter = chapter
-        self._tmp = tempfile.TemporaryDirectory(prefix="stall-")
-        tmp = Path(self._tmp.name)
-        self.config_path = tmp / "stall.conf"
-        self.config_path.write_text(config_text(tmp / "users.sqlite3", iterations, workers))
-        self.proc: subprocess.Popen[bytes] | None = None
+        settings = ServerSettings(
+            worker_connections=64, hash_iterations=iterations, workers=workers
+        )
+        self._server = BenchServer(chapter, settings)
         self.port: int | None = None
-        self.tail: deque[str] = deque(maxlen=20)
-        self._listening = threading.Event()
-        self._reader: threading.Thread | None = None
 
     def __enter__(self) -> ServerProcess:
         try:
-            self.start()
+            self.port = self._server.start()
+        except BenchError as exc:
+            self._server.stop()
+            raise StallError(str(exc)) from None
         except BaseException:
-            self.stop()
+            self._server.stop()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 30.0) -> int:
-        # COLUMNS: rich wraps log lines at the terminal width, which could split the
-        # "listening on" line we read the port from.
-        env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"chapters.{self.chapter}", "--config", str(self.config_path)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            # Its own session: Ctrl-C reaches this tool, which then stops the server itself.
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read_stderr, name="server-log", daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
-            if self.proc.poll() is not None:
-                raise StallError(f"{self.chapter} exited at start-up:\n" + "\n".join(self.tail))
-            if time.monotonic() > deadline:
-                raise StallError(f"{self.chapter} did not start listening in {timeout:.0f} s")
-        assert self.port is not None
-        return self.port
-
-    def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(line)
-            if self.port is None and (match := LISTENING.search(line)):
-                self.port = int(match.group(1))
-                self._listening.set()
+        self._server.stop()
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
+        if not self._server.alive():
             raise StallError(
-                f"{self.chapter} exited during the run (status {self.proc.returncode}):\n"
-                + "\n".join(self.tail)
+                f"{self.chapter} exited during the run:\n" + "\n".join(self._server.tail)
             )
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            if self._reader is not None:
-                self._reader.join(timeout=5)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
-        self._tmp.cleanup()
 
 
 # ----------------------------------------------------------------------------------------
