@@ -229,9 +229,10 @@ class Server:
         refusal = self._refusal()
         if refusal is not None:
             # As the original: the TCP handshake is done, so the client sees a connect that
-            # succeeds and is closed at once.
-            sock.close()
+            # succeeds and is closed at once. (Counted first: once closed, the client can
+            # look at the counters before we would have counted.)
             self.counters.add(f"refused.{refusal}")
+            sock.close()
             log.info("refused %s:%d (%s)", addr[0], addr[1], refusal)
             return
         sock.setblocking(False)
