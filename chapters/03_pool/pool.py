@@ -33,7 +33,8 @@ class ConnectionPool:
     * :meth:`recycle_due` (the body of C++: ServerRecyConnectionThread) moves the retired
       connections whose wait is over back to the free list. A thread runs it every 200 ms;
       tests call it directly with a fake clock.
-    * :meth:`release` (C++: ngx_free_connection) returns an object at once (shutdown).
+    * There is no immediate return to the free list (C++: ngx_free_connection): every
+      close goes through :meth:`retire`, and :meth:`close` frees everything at shutdown.
     """
 
     def __init__(
@@ -69,11 +70,6 @@ class ConnectionPool:
         conn.detach()  # bumps the generation: every recorded reference is now stale
         with self._lock:
             self._recycling.append((self.clock() + self.recycle_wait, conn))
-
-    def release(self, conn: Connection) -> None:
-        conn.detach()
-        with self._lock:
-            self._free.append(conn)
 
     def recycle_due(self) -> int:
         """Return every retired connection whose wait is over to the free list."""
