@@ -21,8 +21,8 @@ from types import ModuleType
 
 import pytest
 
-from common.client import Client
 from common.config import Config
+from tools.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_DIR = ROOT / "chapters"
@@ -33,10 +33,10 @@ CHAPTERS = sorted(
 # features) joins the shared protocol tests when it exists.
 SERVER_MODULES = {name: f"chapters.{name}.server" for name in CHAPTERS}
 SERVER_OPTIONS: dict[str, dict[str, str]] = {}
-if (ROOT / "common" / "asyncio_server.py").exists():
+if (ROOT / "tools" / "asyncio_server.py").exists():
     # Both styles of the benchmarks' baseline: plain (one write per reply) and tuned.
-    SERVER_MODULES["asyncio"] = "common.asyncio_server"
-    SERVER_MODULES["asyncio-tuned"] = "common.asyncio_server"
+    SERVER_MODULES["asyncio"] = "tools.asyncio_server"
+    SERVER_MODULES["asyncio-tuned"] = "tools.asyncio_server"
     SERVER_OPTIONS["asyncio"] = {"style": "plain"}
     SERVER_OPTIONS["asyncio-tuned"] = {"style": "tuned"}
 TARGETS = list(SERVER_MODULES)

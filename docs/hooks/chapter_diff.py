@@ -6,7 +6,7 @@ A page writes a placeholder on a line of its own::
     <!-- chapter-files: 02_epoll -->
 
 and the build replaces it with, respectively, the unified diff of that chapter against the
-previous one (one ``diff`` code block per file, computed by :mod:`common.chapters`, never
+previous one (one ``diff`` code block per file, computed by :mod:`tools.chapters`, never
 pasted into the page) and a table of the chapter's files marked added, changed or
 unchanged. The first chapter has no previous chapter, so its diff placeholder becomes a
 short note instead. A placeholder naming a chapter that does not exist fails the build.
@@ -31,16 +31,16 @@ _SECTION_MARKER = re.compile(r"-+8<-+[ \t]+\[[ \t]*(?:start|end)[ \t]*:", re.I)
 _MARKER = re.compile(r"(?<![-;])-+8<-")
 
 
-# The repository this hook belongs to (docs/hooks/ -> the root), which holds common/.
+# The repository this hook belongs to (docs/hooks/ -> the root), which holds tools/
 _REPO = Path(__file__).resolve().parents[2]
 
 
 def _chapters_module() -> Any:
     if str(_REPO) not in sys.path:
         sys.path.insert(0, str(_REPO))
-    import common.chapters
+    import tools.chapters
 
-    return common.chapters
+    return tools.chapters
 
 
 def _escape_snippet_notation(line: str) -> str:
@@ -79,7 +79,7 @@ def render_diff(root: Path, name: str) -> str:
             summary.append(f"{status}: {', '.join(names)}")
     parts = [
         f"Generated from the source folders when this site was built "
-        f"(`python -m common.chapters diff {prev.number} {chapter.number}` prints the same). "
+        f"(`python -m tools.chapters diff {prev.number} {chapter.number}` prints the same). "
         f"Files {'; '.join(summary)}. Every other file is identical to `{prev.name}`.\n"
     ]
     for diff in diffs:

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from common.client import login_packet, register_packet
 from common.logic import UserStore
 from common.protocol import PING_PACKET, Login, MsgCode, Register, Status, encode_packet
 from tests.conftest import (
@@ -17,6 +16,7 @@ from tests.conftest import (
     reset,
     wait_until,
 )
+from tools.client import login_packet, register_packet
 
 pytestmark = pytest.mark.features("sendqueue")
 

@@ -1,4 +1,4 @@
-"""``python -m common.stall``: one short bounded run that checks what it counts, never speed.
+"""``python -m tools.stall``: one short bounded run that checks what it counts, never speed.
 
 The run starts chapter 4 in a real subprocess with cheap hashing (1000 iterations) for
 about a second and a half; the assertions are about counting (pings and logins were
@@ -15,8 +15,8 @@ import sys
 import pytest
 from rich.console import Console
 
-from common.stall import StallResult, main, percentile, render, run_stall
 from tests.conftest import ROOT
+from tools.stall import StallResult, main, percentile, render, run_stall
 
 
 def test_percentile_is_a_measured_value():
@@ -73,7 +73,7 @@ def test_unknown_chapter_is_one_line_and_status_2(capsys):
 
 def test_help():
     done = subprocess.run(
-        [sys.executable, "-m", "common.stall", "--help"],
+        [sys.executable, "-m", "tools.stall", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """The command lines, run as a reader runs them: ``python -m chapters.NN_name`` and
-``python -m common.client``, in real subprocesses.
+``python -m tools.client``, in real subprocesses.
 
 One smoke test per chapter and per stop signal: start on a free port, read the port from
 the log, ping and register over the wire (exact bytes), stop with the signal, and expect
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from common.client import Client, login_packet, register_packet
-from common.client import main as client_main
 from common.protocol import PING_PACKET, Login, MsgCode, Register, Status, encode_packet
 from tests.conftest import CHAPTERS, ROOT, RunningServer, recv_exactly, test_config
+from tools.client import Client, login_packet, register_packet
+from tools.client import main as client_main
 
 START_TIMEOUT = 30  # a cold start imports rich; a loaded 2-core box can take seconds
 STOP_TIMEOUT = 20
@@ -219,7 +219,7 @@ def test_port_in_use(smoke_conf):
     assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
-# -- python -m common.client ------------------------------------------------------------
+# -- python -m tools.client ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 
 def client(*args: str) -> subprocess.CompletedProcess[str]:
-    return run(["-m", "common.client", *args])
+    return run(["-m", "tools.client", *args])
 
 
 def test_client_ping(server):

@@ -1,4 +1,4 @@
-"""A small client for every chapter: ``python -m common.client ping|register|login``.
+"""A small client for every chapter: ``python -m tools.client ping|register|login``.
 
 Also the blocking :class:`Client` that the tests, attack tools and examples use.
 """
@@ -133,7 +133,7 @@ def _port(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m common.client",
+        prog="python -m tools.client",
         description="Send ping, register or login requests to a running chapter server "
         "and print each reply (code, length, CRC check, outcome).",
     )

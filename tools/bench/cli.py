@@ -1,4 +1,4 @@
-"""The command line: ``python -m common.bench [options]`` and ``python -m common.bench parser``."""
+"""The command line: ``python -m tools.bench [options]`` and ``python -m tools.bench parser``."""
 
 from __future__ import annotations
 
@@ -60,22 +60,22 @@ MIXED_DOC = (
 
 def build_parser() -> RichParser:
     parser = RichParser(
-        prog="python -m common.bench",
+        prog="python -m tools.bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Load a chapter's server (or the asyncio baseline) on loopback and measure it:\n"
             "replies/s, latency percentiles, server and client CPU, with every reply checked\n"
             "(exact length, code and CRC, and request order).\n\n"
             "examples:\n"
-            "  python -m common.bench --chapter asyncio --connections 100 --duration 5\n"
-            "  python -m common.bench --chapter 02_epoll --connections 100 --pipeline 16\n"
-            "  python -m common.bench --compare asyncio 02_epoll 03_pool --repeat 3\n"
-            "  python -m common.bench --chapter 03_pool --idle-connections 10000\n"
-            "  python -m common.bench --port 5678            (a server you started yourself)\n"
-            "  python -m common.bench parser                 (the packet parser alone)"
+            "  python -m tools.bench --chapter asyncio --connections 100 --duration 5\n"
+            "  python -m tools.bench --chapter 02_epoll --connections 100 --pipeline 16\n"
+            "  python -m tools.bench --compare asyncio 02_epoll 03_pool --repeat 3\n"
+            "  python -m tools.bench --chapter 03_pool --idle-connections 10000\n"
+            "  python -m tools.bench --port 5678            (a server you started yourself)\n"
+            "  python -m tools.bench parser                 (the packet parser alone)"
         ),
         epilog=(
-            "Targets: asyncio (common/asyncio_server.py) or a chapter: "
+            "Targets: asyncio (tools/asyncio_server.py) or a chapter: "
             + (", ".join(chapters()) or "none yet")
             + ".\nA started server gets a temporary config: any free port, a big pool, "
             "Sock_RecyConnectionWaitTime = 1,\nheartbeat and flood checks off unless asked, a "
@@ -214,7 +214,7 @@ def build_parser() -> RichParser:
 
 def build_parser_bench_parser() -> RichParser:
     parser = RichParser(
-        prog="python -m common.bench parser",
+        prog="python -m tools.bench parser",
         description="Time common.protocol.PacketParser alone: N ping packets from one coalesced buffer (no sockets), best of R runs.",
     )
     parser.add_argument(

@@ -15,7 +15,7 @@ import pytest
 
 from common.config import DEFAULT_CONFIG, KNOWN_KEYS, Config, ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "nginx.conf"
 
 

@@ -1,6 +1,6 @@
 import sys
 
-from common.bench.cli import main
+from tools.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

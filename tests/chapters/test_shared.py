@@ -11,7 +11,6 @@ import threading
 
 import pytest
 
-from common.client import login_packet, register_packet
 from common.logic import DropReason
 from common.protocol import (
     HEADER_LEN,
@@ -31,6 +30,7 @@ from tests.conftest import (
     reset,
     wait_until,
 )
+from tools.client import login_packet, register_packet
 
 
 def register_reply(status: Status, username: str) -> bytes:

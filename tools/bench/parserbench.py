@@ -1,4 +1,4 @@
-"""``python -m common.bench parser``: how fast the sans-IO parser alone is.
+"""``python -m tools.bench parser``: how fast the sans-IO parser alone is.
 
 No sockets: N ping packets in one coalesced buffer (what a busy server reads when clients
 pipeline), fed to :class:`~common.protocol.PacketParser`. That rate is a ceiling for any

@@ -1,6 +1,6 @@
 """Chapters are snapshots: list them, check their lineage, carry fixes forward, diff them.
 
-``python -m common.chapters --help`` for the command line.
+``python -m tools.chapters --help`` for the command line.
 
 Every chapter folder is a complete server. Chapter N's folder is chapter N-1's folder with
 the files named in its ``CHANGES`` edited, the files named in its ``ADDS`` new, and every
@@ -257,7 +257,7 @@ def check_pair(prev: Chapter | None, cur: Chapter) -> list[Problem]:
                 UNDECLARED_CHANGE,
                 path,
                 f"differs from {prev_label} but is not in CHANGES "
-                f"(declare it, or carry the fix forward: python -m common.chapters forward "
+                f"(declare it, or carry the fix forward: python -m tools.chapters forward "
                 f"chapters/{prev_label}/{path})",
             )
         elif same and path in cur.changes:
@@ -586,7 +586,7 @@ def _cmd_diff(root: Path, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.chapters",
+        prog="python -m tools.chapters",
         description="Chapters are snapshots: each folder is the previous one plus the files "
         "its __init__.py declares in ADDS (new) and CHANGES (edited).",
     )

@@ -407,9 +407,9 @@ def test_counters_snapshot_nesting_and_zeros():
 def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path):
     """A database error (here: the store's connection is gone) must not escape handle():
     in chapters 1-3 it would stop the event loop, in 4-6 it would lose the reply."""
-    from common.client import login_packet, register_packet
     from common.logic import Logic, UserStore
     from common.protocol import Login, MsgCode, PacketParser, Register, Status, encode_packet
+    from tools.client import login_packet, register_packet
 
     store = UserStore(str(tmp_path / "users.sqlite3"), iterations=1)
     logic = Logic(store)

@@ -1,17 +1,17 @@
-"""``python -m common.bench``: load a server on loopback and measure it.
+"""``python -m tools.bench``: load a server on loopback and measure it.
 
-It starts the target (a chapter or the asyncio baseline, ``common/asyncio_server.py``) in a
+It starts the target (a chapter or the asyncio baseline, ``tools/asyncio_server.py``) in a
 subprocess with a config suited to load, or loads one already running on this machine;
 drives it from several client processes, each a non-blocking epoll loop keeping
 ``--pipeline`` requests in flight on each of its connections; checks every reply byte for
 byte; and reports replies/s, latency percentiles, the server's CPU and memory (from
 ``/proc``), the client's CPU, and which side limited the rate. ``--compare`` interleaves
 several targets, ``--idle-connections`` measures what a quiet connection costs, and
-``python -m common.bench parser`` times the packet parser alone.
+``python -m tools.bench parser`` times the packet parser alone.
 
 Linux only (epoll, ``/proc``). The function API behind the command line::
 
-    from common.bench import BenchOptions, run_bench
+    from tools.bench import BenchOptions, run_bench
     result = run_bench(BenchOptions(chapter="asyncio", connections=10, duration=1))
     result.replies_per_s, result.latency_ms["p99"], result.ok
 """

@@ -1,4 +1,4 @@
-"""The stall experiment: ``python -m common.stall --chapter 03_pool`` (chapter 4's lesson).
+"""The stall experiment: ``python -m tools.stall --chapter 03_pool`` (chapter 4's lesson).
 
 Up to chapter 3 the event-loop thread runs the business logic itself, and a login hashes
 its password with PBKDF2 (600000 iterations in the shipped ``nginx.conf``, a few tenths of
@@ -34,11 +34,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common import chapters as ch
-from common.bench.target import BenchError, ServerSettings
-from common.bench.target import ServerProcess as BenchServer
-from common.client import Client, login_packet, ping_packet, register_packet
 from common.protocol import Login, MsgCode, Packet, Register, Status
+from tools import chapters as ch
+from tools.bench.target import BenchError, ServerSettings
+from tools.bench.target import ServerProcess as BenchServer
+from tools.client import Client, login_packet, ping_packet, register_packet
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -99,7 +99,7 @@ class StallResult:
 
 
 class ServerProcess:
-    """The chapter in a subprocess (``common.bench``'s server runner: a temporary config
+    """The chapter in a subprocess (``tools.bench``'s server runner: a temporary config
     with a port chosen by the OS, heartbeat and flood detection off, since a ping every
     20 ms is exactly what chapter 6 calls a flood and the experiment is about the event
     loop, not the defences), as a context manager that always stops it."""
@@ -243,7 +243,7 @@ def run_stall(
     timeout: float = 10.0,
     progress: Progress | None = None,
 ) -> StallResult:
-    """Run the experiment once against ``chapter`` (a name ``common.chapters.resolve``
+    """Run the experiment once against ``chapter`` (a name ``tools.chapters.resolve``
     understands: ``3``, ``03``, ``03_pool``)."""
     say = progress or (lambda _text: None)
     name = resolve_chapter(chapter)
@@ -376,7 +376,7 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.stall",
+        prog="python -m tools.stall",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Measure how expensive logins stall everybody else: start a chapter's server,\n"
@@ -384,9 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and report ping latency in both phases. Loopback only; the server is started\n"
             "in a subprocess on a free port with a throwaway user database, and stopped.\n\n"
             "examples:\n"
-            "  python -m common.stall --chapter 03_pool\n"
-            "  python -m common.stall --compare 03_pool 04_sendqueue\n"
-            "  python -m common.stall --chapter 04 --workers 1   # one worker: what now?"
+            "  python -m tools.stall --chapter 03_pool\n"
+            "  python -m tools.stall --compare 03_pool 04_sendqueue\n"
+            "  python -m tools.stall --chapter 04 --workers 1   # one worker: what now?"
         ),
     )
     which = parser.add_mutually_exclusive_group(required=True)

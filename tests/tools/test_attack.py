@@ -1,4 +1,4 @@
-"""The attack tools (``python -m common.attack``) against real in-process servers.
+"""The attack tools (``python -m tools.attack``) against real in-process servers.
 
 Each tool must report what the server actually did (kicked, closed at accept, skipped a
 header …), must refuse any target that is not loopback without sending it a single byte,
@@ -15,8 +15,10 @@ import threading
 
 import pytest
 
-from common import attack
-from common.attack import (
+from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
+from tests.conftest import ROOT, load_chapter, recv_exactly, wait_until
+from tools import attack
+from tools.attack import (
     NotLoopback,
     main,
     resolve_target,
@@ -27,9 +29,7 @@ from common.attack import (
     run_slow_reader,
     run_slowloris,
 )
-from common.client import login_packet
-from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
-from tests.conftest import ROOT, load_chapter, recv_exactly, wait_until
+from tools.client import login_packet
 
 TOOLS = ["flood", "garbage", "slowloris", "slow-reader", "churn", "idle"]
 RUNNERS = {
@@ -194,7 +194,7 @@ def test_help_for_every_tool(tool, capsys):
 
 def test_runs_as_a_module():
     result = subprocess.run(
-        [sys.executable, "-m", "common.attack", "--help"],
+        [sys.executable, "-m", "tools.attack", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

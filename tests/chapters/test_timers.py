@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from common.client import login_packet
 from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
 from tests.conftest import CHAPTERS, assert_closed_by_server, load_chapter, recv_exactly, wait_until
+from tools.client import login_packet
 
 TIMER_CHAPTERS = [c for c in CHAPTERS if "timers" in load_chapter(c).FEATURES]
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAPTER_DIR = ROOT / "chapters"
 ASYNCIO = "asyncio"
 ASYNCIO_TUNED = "asyncio-tuned"
-# The baselines and the style of common.asyncio_server each one runs.
+# The baselines and the style of tools.asyncio_server each one runs.
 BASELINES = {ASYNCIO: "plain", ASYNCIO_TUNED: "tuned"}
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -60,7 +60,7 @@ def resolve_target(name: str) -> str:
 
 def target_features(name: str) -> frozenset[str]:
     if name in BASELINES:
-        module = importlib.import_module("common.asyncio_server")
+        module = importlib.import_module("tools.asyncio_server")
     else:
         module = importlib.import_module(f"chapters.{name}")
     return frozenset(getattr(module, "FEATURES", frozenset()))
@@ -152,7 +152,7 @@ def load_config(settings: ServerSettings, database: Path) -> str:
     (the shipped 600000 PBKDF2 iterations would measure hashlib, not the server)."""
     return "\n".join(
         [
-            "# written by python -m common.bench",
+            "# written by python -m tools.bench",
             "ListenAddress = 127.0.0.1",
             "ListenPortCount = 1",
             "ListenPort0 = 0",
@@ -205,7 +205,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         if self.target in BASELINES:
-            module = ["-m", "common.asyncio_server", "--loop", self.loop]
+            module = ["-m", "tools.asyncio_server", "--loop", self.loop]
             module += ["--style", BASELINES[self.target]]
         else:
             module = ["-m", f"chapters.{self.target}"]

@@ -1,5 +1,5 @@
 """Chapters are snapshots (GUIDE.md section 4): the real chapters' lineage is honest, and
-the checker, ``forward`` and ``diff`` of :mod:`common.chapters` do what they say, on fake
+the checker, ``forward`` and ``diff`` of :mod:`tools.chapters` do what they say, on fake
 chapter trees in a temporary directory."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from common import chapters as ch
+from tools import chapters as ch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- the real chapters --------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_cli_check_and_list(tree: Path, capsys: pytest.CaptureFixture[str]):
 
 def test_module_runs_as_a_command(tree: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "common.chapters", "--root", str(tree), "check"],
+        [sys.executable, "-m", "tools.chapters", "--root", str(tree), "check"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Attack tools: ``python -m common.attack flood|garbage|slowloris|slow-reader|churn|idle``.
+"""Attack tools: ``python -m tools.attack flood|garbage|slowloris|slow-reader|churn|idle``.
 
 Each tool misbehaves in one way that one of the server's defences is built to stop, so a
 reader can run a chapter with ``--dashboard`` in one terminal, an attack in another, and
@@ -38,8 +38,8 @@ from typing import ClassVar
 from rich.console import Console
 from rich.table import Table
 
-from common.client import Client, ServerClosed, login_packet, ping_packet
 from common.protocol import HEADER_LEN, PKG_MAX_ACCEPTED, Packet, PacketParser, pack_header
+from tools.client import Client, ServerClosed, login_packet, ping_packet
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5678
@@ -1093,7 +1093,7 @@ TOOLS: dict[str, _Tool] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.attack",
+        prog="python -m tools.attack",
         description="Misbehave against a chapter server running on this machine, to watch "
         "its defences fire (run the server with --dashboard). Loopback targets only; "
         "every tool stops by itself after --count or --duration.",

@@ -1,4 +1,4 @@
-"""``python -m common.bench``: short bounded runs that check what it counts, never speed.
+"""``python -m tools.bench``: short bounded runs that check what it counts, never speed.
 
 The load runs start real servers in subprocesses (the bench's own way) for about a second;
 the validator is also tested without any network, and against a deliberately faulty
@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from common.bench import BenchError, BenchOptions, parser_bench, run_bench
-from common.bench.cli import main
-from common.bench.loadgen import Conn, RequestMaker, Stats
 from common.logic import Logic, UserStore
 from common.protocol import PING_PACKET, MsgCode, Packet, PacketParser, pack_header
+from tools.bench import BenchError, BenchOptions, parser_bench, run_bench
+from tools.bench.cli import main
+from tools.bench.loadgen import Conn, RequestMaker, Stats
 
 SHORT = {"duration": 0.6, "warmup": 0.2, "procs": 1, "drain_timeout": 5.0}
 

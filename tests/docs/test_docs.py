@@ -15,9 +15,9 @@ from types import ModuleType
 
 import pytest
 
-from common import chapters as ch
+from tools import chapters as ch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 HOOK = DOCS / "hooks" / "chapter_diff.py"
 BUILD_TIMEOUT = 180
@@ -186,7 +186,7 @@ def test_hook_renders_diff_and_file_table(tmp_path: Path):
         "# Page\n\n<!-- chapter-diff: 02_b -->\n\n<!-- chapter-files: 02 -->\n", tmp_path
     )
     assert "<!--" not in out
-    assert "`python -m common.chapters diff 01 02`" in out
+    assert "`python -m tools.chapters diff 01 02`" in out
     # The README diff holds ``` lines, so its block is fenced with four backticks.
     assert '```` diff title="chapters/02_b/README.md"\n--- chapters/01_a/README.md\n' in out
     assert '``` diff title="chapters/02_b/server.py"\n--- chapters/01_a/server.py\n' in out

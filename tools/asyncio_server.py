@@ -1,6 +1,6 @@
 """The asyncio baseline: the same protocol and the same logic, written the way a Python
 developer would write it with the standard library, so the chapters have something honest
-to be measured against (``python -m common.bench --compare asyncio 04_sendqueue``).
+to be measured against (``python -m tools.bench --compare asyncio 04_sendqueue``).
 
 It is not a chapter and teaches nothing about the original: no connection pool, no send
 queue, no heartbeat, no flood detection (``FEATURES`` is empty). It keeps the chapter
@@ -30,7 +30,7 @@ so a fresh server can run up to three times slower, at random), and one
 ``transport.write`` per batch of replies instead of one per reply. The benchmarks report
 both, so nobody mistakes "faster than naive asyncio" for "faster than asyncio".
 
-``python -m common.asyncio_server --config FILE [--port N] [--loop auto|asyncio|uvloop]
+``python -m tools.asyncio_server --config FILE [--port N] [--loop auto|asyncio|uvloop]
 [--style plain|tuned]`` runs it on its own (uvloop is used when installed and ``--loop``
 is ``auto``).
 """
@@ -384,14 +384,14 @@ class Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m common.asyncio_server``: run the baseline until SIGINT/SIGTERM, with the
+    """``python -m tools.asyncio_server``: run the baseline until SIGINT/SIGTERM, with the
     chapters' command line (common.cli) plus ``--loop`` and ``--style``."""
     from common.cli import build_parser, serve
 
     parser = build_parser(
-        "python -m common.asyncio_server",
+        "python -m tools.asyncio_server",
         "The asyncio baseline server (same protocol and logic as the chapters), "
-        "for benchmarks: python -m common.bench --chapter asyncio.",
+        "for benchmarks: python -m tools.bench --chapter asyncio.",
     )
     parser.add_argument(
         "--loop",
