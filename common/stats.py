@@ -20,9 +20,11 @@ from collections.abc import Iterable
 class Counters:
     __slots__ = ("_counts", "_lock")
 
-    def __init__(self, zero: Iterable[str] = ()) -> None:
+    def __init__(self, *zero: Iterable[str]) -> None:
+        """Start every key of every group in ``zero`` at 0, so ``stats()`` shows it before
+        it first happens (each subsystem names the counters it keeps)."""
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter({key: 0 for key in zero})
+        self._counts: Counter[str] = Counter({key: 0 for group in zero for key in group})
 
     def add(self, key: str, n: int = 1) -> None:
         with self._lock:

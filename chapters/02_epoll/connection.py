@@ -26,6 +26,7 @@ class Connection:
         "addr",
         "closed",
         "fd",
+        "mask",
         "out",
         "parser",
         "peer_closed",
@@ -48,6 +49,7 @@ class Connection:
         self.rhandler = rhandler  # C++: rhandler
         self.whandler = whandler  # C++: whandler
         self.out = bytearray()  # replies the kernel would not take yet (C++: psendbuf/isendlen)
+        self.mask = 0  # the epoll events it is registered for
         self.peer_closed = False  # the client sent FIN; we still owe it the replies in `out`
         self.closed = False
 

@@ -10,7 +10,7 @@ pool also enforces the online-user limit and the connect/disconnect storm guard.
 TITLE = "Chapter 3 (03_pool)"
 FEATURES = frozenset({"listen", "epoll", "pool"})
 
-# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
-# chapter 2; every other file is an identical copy.
+# Snapshot lineage: the files new in this chapter and the files it changes; every other
+# file is a byte-identical copy of the previous chapter's (python -m tools.chapters check).
 ADDS = frozenset({"pool.py"})
 CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

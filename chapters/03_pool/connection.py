@@ -32,6 +32,7 @@ class Connection:
         "closed",
         "fd",
         "generation",
+        "mask",
         "out",
         "parser",
         "peer_closed",
@@ -45,11 +46,9 @@ class Connection:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.addr = ("", 0)
-        self.parser = PacketParser()
         self.rhandler: Handler | None = None  # C++: rhandler
         self.whandler: Handler | None = None  # C++: whandler
-        self.out = bytearray()  # replies the kernel would not take yet (C++: psendbuf/isendlen)
-        self.peer_closed = False  # the client sent FIN; we still owe it the replies in `out`
+        self._reset()
         self.closed = True
 
     def attach(
@@ -58,21 +57,30 @@ class Connection:
         addr: tuple[str, int],
         rhandler: Handler,
         whandler: Handler | None,
-    ) -> None:
-        """Start serving a new client with this object. C++: ngx_connection_s::GetOneToUse."""
+    ) -> Connection:
+        """Start serving a new client with this object. C++: the set-up in
+        ngx_get_connection (``iCurrsequence++``). Returns the connection."""
         self.generation += 1
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
-        self.parser = PacketParser()
         self.rhandler = rhandler
         self.whandler = whandler
-        self.out = bytearray()
-        self.peer_closed = False
+        self._reset()
+        return self
+
+    def _reset(self) -> None:
+        """Every per-client field, set here once: a fresh parser (half a packet from the
+        previous client must not prefix the new one's bytes), no output, no flags."""
+        self.parser = PacketParser()
+        self.out = bytearray()  # replies the kernel would not take yet (C++: psendbuf/isendlen)
+        self.mask = 0  # the epoll events it is registered for
+        self.peer_closed = False  # the client sent FIN; we still owe it the replies in `out`
         self.closed = False
 
     def detach(self) -> None:
-        """Forget the client; the object may be reused later. C++: PutOneToFree."""
+        """Forget the client; the object may be reused later. C++: the retirement half of
+        ngx_free_connection (``iCurrsequence++``)."""
         self.generation += 1
         self.sock = None
         self.fd = -1

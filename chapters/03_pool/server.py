@@ -1,102 +1,70 @@
 """Chapter 3 server: the epoll loop of chapter 2, with connections from a pool.
 
-Builds on chapter 2; adds the connection pool (C++: ngx_get_connection,
-ngx_free_connection, inRecyConnectQueue, ServerRecyConnectionThread) and the two limits
-the original enforces at accept: the online-user limit and the connect/disconnect storm
-guard.
+Builds on chapter 2; adds the connection pool (``pool.py``; C++: ngx_get_connection,
+inRecyConnectQueue, ServerRecyConnectionThread) and the two limits the original enforces
+at accept: the online-user limit and the connect/disconnect storm guard.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import select
-import threading
+import socket
 import time
+from collections.abc import Callable
 
 from common.config import Config
-from common.logic import DropReason, Logic
+from common.lifecycle import ServerLifecycle
+from common.logic import Logic
 from common.platform import require_epoll
-from common.protocol import Packet
 from common.stats import Counters
 
 from .connection import Connection
+from .eventloop import READ_EVENTS, WRITE_EVENTS, EventLoop
 from .listening import close_listening_sockets, open_listening_sockets
 from .pool import ConnectionPool
 
 log = logging.getLogger("server")
 
 RECV_SIZE = 65536
-# Level-triggered (no EPOLLET), as the original: an event repeats while the condition
-# holds, so a handler may do one step per event and trust epoll to call it again.
-READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
-WRITE_EVENTS = select.EPOLLOUT
-# After EMFILE/ENFILE we stop watching the listening sockets for this long (or until a
-# connection closes): a level-triggered listener stays readable while accept() fails, so
-# without the pause the loop would spin at 100% CPU.
-ACCEPT_PAUSE = 0.5
+COUNTERS = ("accepted", "closed", "accept_errors.econnaborted", "accept_errors.emfile")
 
 
-class Server:
+class Server(ServerLifecycle):
     """The chapter contract: ``Server(config)``, ``serve_forever()``, ``shutdown()``,
-    ``addresses`` and ``stats()`` (see GUIDE.md section 3)."""
+    ``addresses`` and ``stats()``. ``clock`` is the one time source of every timer."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         require_epoll()
-        self.config = config
-        self.logic = Logic.from_config(config)
-        try:
-            self.listeners = open_listening_sockets(
-                config.get_str("ListenAddress"), config.listen_ports()
-            )
-        except BaseException:
-            self.logic.close()
-            raise
-        # C++: ngx_epoll_init (epoll_create, then one listening "connection" per socket
-        # whose rhandler is ngx_event_accept).
-        self.epoll = select.epoll()
-        self.worker_connections = config.get_int("worker_connections", minimum=1)
-        self.pool = ConnectionPool(
-            self.worker_connections, config.get_float("Sock_RecyConnectionWaitTime", minimum=0)
-        )
-        # fd -> (connection, its generation when registered), listeners included. epoll
-        # hands back only the fd; the generation recorded beside it is our version of the
-        # original's pointer-plus-instance-bit in epoll_event.data.ptr.
-        self.conns: dict[int, tuple[Connection, int]] = {}
-        self.online = 0  # C++: m_onlineUserCount
-        for listener in self.listeners:
-            conn = Connection()
-            conn.attach(listener, listener.getsockname()[:2], self.on_accept, None)
-            self.conns[conn.fd] = (conn, conn.generation)
-            self.epoll.register(conn.fd, select.EPOLLIN)
-        # An eventfd the loop also watches: shutdown() from another thread writes to it
-        # so the loop wakes at once instead of at the next client event.
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.epoll.register(self._wake_fd, select.EPOLLIN)
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._serving = False
-        self._done = threading.Event()
-        self._closed = False
-        self._closed_in_batch: set[int] = set()
-        self._accept_paused_until = 0.0
+        super().__init__()
         self.counters = Counters(
-            ["accepted", "closed", "packets_in", "replies_out", "malformed", "stale_events"]
-            + [f"drops.{reason}" for reason in DropReason]
-            + ["accept_errors.econnaborted", "accept_errors.emfile"]
-            + ["refused.online_limit", "refused.storm"]
+            COUNTERS,
+            ConnectionPool.COUNTERS,
+            EventLoop.COUNTERS,
+            Logic.COUNTERS,
         )
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """The (host, port) pairs actually bound (so port 0 in a test tells the real port)."""
-        return [sock.getsockname()[:2] for sock in self.listeners]
+        # SO_SNDBUF for every client (0: the kernel's default). Shrink it to watch
+        # partial writes and EPOLLOUT at work.
+        self.send_buffer_size = config.get_int("Sock_SendBufferSize", minimum=0)
+        with self.building():
+            self.logic = self.closes(Logic.from_config(config))
+            self.listeners = self.closes(
+                open_listening_sockets(config.get_str("ListenAddress"), config.listen_ports()),
+                close_listening_sockets,
+            )
+            self.pool = self.closes(ConnectionPool.from_config(config, clock))
+            # C++: ngx_epoll_init: one listening "connection" per socket, rhandler = accept.
+            listening = [
+                Connection().attach(s, s.getsockname()[:2], self.on_accept, None)
+                for s in self.listeners
+            ]
+            self.loop = self.closes(EventLoop(listening, self.counters, clock))
+            self.at_shutdown(self._close_everything)
 
     def stats(self) -> dict[str, object]:
         snapshot = self.counters.snapshot()
-        clients = [c for c, _ in list(self.conns.values()) if c.whandler is not None]
-        snapshot["online"] = self.online
+        clients = self.loop.clients()
+        snapshot["online"] = self.pool.in_use
         snapshot["waiting_epollout"] = sum(1 for c in clients if c.out)
         snapshot["pool"] = {
             "total": self.pool.total,
@@ -105,66 +73,11 @@ class Server:
         }
         return snapshot
 
-    # --8<-- [start:serve_forever]
-    def serve_forever(self) -> None:
-        """C++: the worker's loop around ngx_process_events_and_timers."""
-        with self._lock:
-            if self._stopping:
-                self._done.set()
-                return
-            self._serving = True
-        try:
-            while not self._stopping:
-                timeout = -1.0
-                if self._accept_paused_until:
-                    timeout = max(0.0, self._accept_paused_until - time.monotonic())
-                    if timeout == 0.0:
-                        self._resume_accepting()
-                        timeout = -1.0
-                self.process_events(self.epoll.poll(timeout))
-        finally:
-            self._close_everything()
-            self._done.set()
+    def _serve(self) -> None:
+        self.loop.run(lambda: self.stopping)
 
-    # --8<-- [end:serve_forever]
-
-    # --8<-- [start:process_events]
-    def process_events(self, events: list[tuple[int, int]]) -> None:
-        """Dispatch one batch of ready events. C++: ngx_epoll_process_events.
-
-        Stale events: one batch can hold two events for the same fd, and the first may
-        close the connection (a read error, say). The second must then be ignored, even if
-        the fd number was already reused by a connection accepted earlier in this batch:
-        any event collected before the close is about the old connection. The original
-        tells them apart with ``fd == -1`` and an "instance" bit stored in the event's
-        pointer; we remember which fds were closed during this batch.
-        """
-        closed = self._closed_in_batch
-        closed.clear()
-        conns = self.conns
-        for fd, mask in events:
-            if fd in closed:
-                self.counters.add("stale_events")
-                continue
-            entry = conns.get(fd)
-            if entry is None:
-                if fd == self._wake_fd:
-                    os.eventfd_read(self._wake_fd)
-                continue
-            conn, generation = entry
-            if conn.generation != generation:
-                self.counters.add("stale_events")  # the object was retired since
-                continue
-            if mask & (select.EPOLLERR | select.EPOLLHUP):
-                # As the original: an error or hang-up is handled by the read/write path,
-                # which sees the errno (or EOF) and closes.
-                mask |= select.EPOLLIN | select.EPOLLOUT
-            if mask & (select.EPOLLIN | select.EPOLLRDHUP):
-                conn.rhandler(conn)
-            if mask & select.EPOLLOUT and not conn.closed and conn.whandler is not None:
-                conn.whandler(conn)
-
-    # --8<-- [end:process_events]
+    def _wake(self) -> None:
+        self.loop.wake()
 
     # --8<-- [start:on_accept]
     def on_accept(self, listener: Connection) -> None:
@@ -185,11 +98,11 @@ class Server:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 self.counters.add("accept_errors.emfile")
-                log.error("accept: %s; pausing accepts for %.1f s", exc.strerror, ACCEPT_PAUSE)
-                self._pause_accepting()
+                log.error("accept: %s; pausing accepts", exc.strerror)
+                self.loop.pause_accepting()
                 return
             raise
-        refusal = self._refusal()
+        refusal = self.pool.refusal()
         if refusal is not None:
             # As the original: the TCP handshake is done, so the client sees a connect that
             # succeeds and is closed at once. (Counted first: once closed, the client can
@@ -199,36 +112,14 @@ class Server:
             log.info("refused %s:%d (%s)", addr[0], addr[1], refusal)
             return
         sock.setblocking(False)
-        conn = self.pool.acquire()
-        conn.attach(sock, addr, self.on_readable, self.on_writable)
-        self.conns[conn.fd] = (conn, conn.generation)
-        self.epoll.register(conn.fd, READ_EVENTS)
-        self.online += 1
+        if self.send_buffer_size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_size)
+        conn = self.pool.acquire().attach(sock, addr, self.on_readable, self.on_writable)
+        self.loop.watch(conn, READ_EVENTS)
         self.counters.add("accepted")
         log.info("accepted %s:%d", *addr)
 
     # --8<-- [end:on_accept]
-
-    # --8<-- [start:refusal]
-    def _refusal(self) -> str | None:
-        """Why a just-accepted client must be closed at once, if it must.
-
-        * ``online_limit``: ``worker_connections`` clients are already online.
-        * ``storm``: the pool has grown past 5 x ``worker_connections`` objects while fewer
-          than ``worker_connections`` are free: clients connect and disconnect so fast that
-          closed connections pile up in the recycle queue. Without this guard every
-          connect would allocate a new object for the whole recycle wait.
-        """
-        if self.online >= self.worker_connections:
-            return "online_limit"
-        if (
-            self.pool.total > 5 * self.worker_connections
-            and self.pool.free < self.worker_connections
-        ):
-            return "storm"
-        return None
-
-    # --8<-- [end:refusal]
 
     # --8<-- [start:on_readable]
     def on_readable(self, conn: Connection) -> None:
@@ -243,37 +134,11 @@ class Server:
         if not data:
             self._on_peer_closed(conn)
             return
-        replies = self._handle(conn.parser.feed(data))
+        replies = self.logic.answer(conn.parser.feed(data), self.counters)
         if replies:
             self.send(conn, b"".join(replies))
 
     # --8<-- [end:on_readable]
-
-    # --8<-- [start:handle]
-    def _handle(self, events: list) -> list[bytes]:
-        """Run the logic on every complete packet; return the replies in request order."""
-        replies: list[bytes] = []
-        handle = self.logic.handle
-        packets = 0
-        for event in events:
-            if type(event) is not Packet:
-                # C++ mirror: a malformed length is skipped (8 bytes dropped), the
-                # connection kept. Chapter 6 closes the connection instead.
-                self.counters.add("malformed")
-                log.info("malformed header (length %d): skipped", event.length)
-                continue
-            packets += 1
-            outcome = handle(event)
-            if outcome.reply is not None:
-                replies.append(outcome.reply)
-            else:
-                self.counters.add(f"drops.{outcome.drop}")
-        # Counted once per read, not per packet: this loop is the hot path.
-        self.counters.add("packets_in", packets)
-        self.counters.add("replies_out", len(replies))
-        return replies
-
-    # --8<-- [end:handle]
 
     # --8<-- [start:send]
     def send(self, conn: Connection, data: bytes) -> None:
@@ -281,8 +146,7 @@ class Server:
 
         While replies are pending we also stop reading from this client (backpressure):
         a client that never reads then costs at most one read's worth of replies, instead
-        of growing ``conn.out`` without bound. Chapter 4 replaces this with the original's
-        send queue and its backlog kick.
+        of growing ``conn.out`` without bound.
         """
         try:
             sent = conn.sock.send(data)
@@ -293,7 +157,7 @@ class Server:
             return
         if sent < len(data):
             conn.out += memoryview(data)[sent:]
-            self.epoll.modify(conn.fd, WRITE_EVENTS)
+            self.loop.set_mask(conn, WRITE_EVENTS)
 
     def on_writable(self, conn: Connection) -> None:
         """Continue a partial write. C++: ngx_write_request_handler."""
@@ -310,7 +174,7 @@ class Server:
         if conn.peer_closed:
             self.close_connection(conn, "peer closed, replies delivered")
         else:
-            self.epoll.modify(conn.fd, READ_EVENTS)  # drained: stop asking for EPOLLOUT
+            self.loop.set_mask(conn, READ_EVENTS)  # drained: read again, no more EPOLLOUT
 
     # --8<-- [end:send]
 
@@ -320,77 +184,24 @@ class Server:
         (the original drops them: reference bug 5)."""
         if conn.out:
             conn.peer_closed = True
-            self.epoll.modify(conn.fd, WRITE_EVENTS)
+            self.loop.set_mask(conn, WRITE_EVENTS)
         else:
             self.close_connection(conn, "peer closed")
 
     # --8<-- [start:close_connection]
     def close_connection(self, conn: Connection, why: str) -> None:
-        """Close a client connection. C++: ngx_close_connection / zdClosesocketProc.
-
-        Closing the fd also removes it from the epoll set; we unregister first anyway so a
-        duplicated descriptor could never keep delivering events.
-        """
+        """Close a client connection, at most once. C++: ngx_close_connection."""
         if conn.closed:
             return
         conn.closed = True
-        fd = conn.fd
-        self._closed_in_batch.add(fd)
-        self.conns.pop(fd, None)
-        try:
-            self.epoll.unregister(fd)
-        except OSError:
-            pass
+        self.loop.forget(conn)
         conn.sock.close()
-        self.online -= 1
         self.counters.add("closed")
         log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
         self.pool.retire(conn)  # new generation; reusable after the recycle wait
-        if self._accept_paused_until:
-            self._resume_accepting()  # a descriptor is free again
 
     # --8<-- [end:close_connection]
 
-    def _pause_accepting(self) -> None:
-        already_paused = bool(self._accept_paused_until)
-        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
-        if already_paused:
-            return
-        for listener in self.listeners:
-            self.epoll.unregister(listener.fileno())
-
-    def _resume_accepting(self) -> None:
-        self._accept_paused_until = 0.0
-        for listener in self.listeners:
-            self.epoll.register(listener.fileno(), select.EPOLLIN)
-
     def _close_everything(self) -> None:
-        for conn, _ in list(self.conns.values()):
-            if conn.whandler is not None:
-                self.close_connection(conn, "server shutting down")
-
-    # --8<-- [start:shutdown]
-    def shutdown(self) -> None:
-        """Stop serving and release everything; safe from any thread, idempotent. Returns
-        once ``serve_forever`` has returned and every socket is closed."""
-        with self._lock:
-            self._stopping = True
-            serving = self._serving
-            if self._closed:
-                return
-        os.eventfd_write(self._wake_fd, 1)
-        if serving and not self._done.wait(timeout=10):
-            log.error("serve_forever did not stop within 10 s")
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if not serving:
-            self._close_everything()
-        close_listening_sockets(self.listeners)
-        self.epoll.close()
-        os.close(self._wake_fd)
-        self.pool.close()
-        self.logic.close()
-
-    # --8<-- [end:shutdown]
+        for conn in self.loop.clients():
+            self.close_connection(conn, "server shutting down")

@@ -12,6 +12,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from common.config import Config
+
 from .connection import Connection
 
 log = logging.getLogger("pool")
@@ -35,7 +37,10 @@ class ConnectionPool:
       tests call it directly with a fake clock.
     * There is no immediate return to the free list (C++: ngx_free_connection): every
       close goes through :meth:`retire`, and :meth:`close` frees everything at shutdown.
+    * :meth:`refusal` applies the two limits the original checks at accept.
     """
+
+    COUNTERS = ("refused.online_limit", "refused.storm")
 
     def __init__(
         self,
@@ -57,6 +62,16 @@ class ConnectionPool:
         if start_thread:
             self._thread = threading.Thread(target=self._recycler, name="recycler", daemon=True)
             self._thread.start()
+
+    @classmethod
+    def from_config(
+        cls, config: Config, clock: Callable[[], float] = time.monotonic
+    ) -> ConnectionPool:
+        return cls(
+            config.get_int("worker_connections", minimum=1),
+            config.get_float("Sock_RecyConnectionWaitTime", minimum=0),
+            clock,
+        )
 
     def acquire(self) -> Connection:
         with self._lock:
@@ -103,7 +118,34 @@ class ConnectionPool:
             if self._thread.is_alive():
                 log.error("the recycler thread did not stop within 5 s")
 
-    # -- counters for stats() and the storm guard --------------------------------------
+    # --8<-- [start:refusal]
+    def refusal(self) -> str | None:
+        """Why a just-accepted client must be closed at once, if it must.
+
+        * ``online_limit``: ``size`` (``worker_connections``) clients are already online.
+        * ``storm``: the pool has grown past 5 x ``size`` objects while fewer than ``size``
+          are free: clients connect and disconnect so fast that closed connections pile
+          up in the recycle queue. Without this guard every connect would allocate a new
+          object for the whole recycle wait.
+        """
+        with self._lock:
+            total, free = len(self._all), len(self._free)
+            in_use = total - free - len(self._recycling)
+        if in_use >= self.size:
+            return "online_limit"
+        if total > 5 * self.size and free < self.size:
+            return "storm"
+        return None
+
+    # --8<-- [end:refusal]
+
+    # -- counters for stats() ----------------------------------------------------------------
+    @property
+    def in_use(self) -> int:
+        """Objects handed out and not retired: the clients online (C++: m_onlineUserCount)."""
+        with self._lock:
+            return len(self._all) - len(self._free) - len(self._recycling)
+
     @property
     def total(self) -> int:
         with self._lock:

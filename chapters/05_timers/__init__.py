@@ -9,7 +9,7 @@ connection at its first check). An idle socket is no longer held forever.
 TITLE = "Chapter 5 (05_timers)"
 FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue", "timers"})
 
-# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
-# chapter 4; every other file is an identical copy.
+# Snapshot lineage: the files new in this chapter and the files it changes; every other
+# file is a byte-identical copy of the previous chapter's (python -m tools.chapters check).
 ADDS = frozenset({"timers.py"})
 CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

@@ -9,13 +9,12 @@ import logging
 import threading
 from typing import Protocol
 
+from common.config import Config
 from common.stats import Counters
 
-from .connection import Connection
+from .connection import Connection, Reply
 
 log = logging.getLogger("sendqueue")
-
-Reply = tuple[Connection, int, bytes]
 
 
 class SendTarget(Protocol):
@@ -49,6 +48,13 @@ class SendQueue:
       (reference bug 4).
     """
 
+    COUNTERS = (
+        "replies_dropped.queue_full",
+        "replies_dropped.stale",
+        "replies_dropped.kicked",
+        "kicks.send_backlog",
+    )
+
     def __init__(
         self, limit: int, backlog_limit: int, target: SendTarget, counters: Counters
     ) -> None:
@@ -62,6 +68,15 @@ class SendQueue:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="send", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: Config, target: SendTarget, counters: Counters) -> SendQueue:
+        return cls(
+            config.get_int("Sock_SendQueueLimit", minimum=1),
+            config.get_int("Sock_SendBacklogLimit", minimum=1),
+            target,
+            counters,
+        )
 
     def put_many(self, replies: list[Reply]) -> None:
         """C++: msgSend, once for a whole batch of replies."""
@@ -158,7 +173,7 @@ class SendQueue:
         if finish:
             self._target.close_connection(conn, "peer closed, replies delivered", generation)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Stop and join the send thread; queued replies are dropped."""
         self._stopping = True
         self._semaphore.release()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from sortedcontainers import SortedList
 
+from common.config import Config
+
 from .connection import Connection
 
 log = logging.getLogger("timers")
@@ -27,7 +29,8 @@ MAX_SLEEP = 0.5
 # (deadline, tie-breaker, connection, generation). The unique tie-breaker means two
 # entries never compare their connections (which are not orderable).
 Entry = tuple[float, int, Connection, int]
-Expired = Callable[[Connection, int, float], None]
+# What the monitor calls for a connection to kick: (connection, generation, why).
+Kick = Callable[[Connection, int, str], None]
 
 
 # --8<-- [start:timers]
@@ -41,24 +44,28 @@ class HeartbeatTimers:
     server full of clients leaving.
 
     The monitor thread takes every expired entry at once, re-arms it at
-    ``now + interval`` (unless ``rearm`` is off: C++ ``Sock_TimeOutKick = 1``), and calls
-    ``on_expired(conn, generation, now)`` for each outside the lock; the server decides
-    whether to kick.
+    ``now + interval`` (unless ``rearm`` is off: C++ ``Sock_TimeOutKick = 1``), asks
+    :meth:`verdict` about each connection still owned by its client, and calls
+    ``on_kick(conn, generation, why)`` outside the lock for those that must go.
     """
+
+    COUNTERS = ("kicks.silence", "kicks.timeout")
 
     def __init__(
         self,
         interval: float,
-        on_expired: Expired,
+        on_kick: Kick,
         *,
         rearm: bool = True,
+        ping_timeout: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         start_thread: bool = True,
     ) -> None:
         self.interval = interval
         self.rearm = rearm
+        self.ping_timeout = ping_timeout
         self.clock = clock
-        self._on_expired = on_expired
+        self._on_kick = on_kick
         self._entries: SortedList = SortedList()
         self._tie = itertools.count()
         self._cond = threading.Condition()
@@ -67,6 +74,29 @@ class HeartbeatTimers:
         if start_thread:
             self._thread = threading.Thread(target=self._monitor, name="timers", daemon=True)
             self._thread.start()
+
+    # --8<-- [start:from_config]
+    @classmethod
+    def from_config(
+        cls, config: Config, on_kick: Kick, clock: Callable[[], float] = time.monotonic
+    ) -> HeartbeatTimers | None:
+        """The heartbeat of ``config``, or None when ``Sock_WaitTimeEnable = 0``."""
+        if not config.get_bool("Sock_WaitTimeEnable"):
+            return None
+        # The original clamps Sock_MaxWaitTime to at least 5 s and uses whole seconds; we
+        # take any positive number, so tests can run with 0.2 s.
+        interval = config.get_float("Sock_MaxWaitTime", minimum=0.001)
+        # C++: kick when no ping for 3 * MaxWaitTime + 10; the 10 is our key's default.
+        grace = config.get_float("Sock_PingGraceTime", minimum=0)
+        return cls(
+            interval,
+            on_kick,
+            rearm=not config.get_bool("Sock_TimeOutKick"),
+            ping_timeout=3 * interval + grace,
+            clock=clock,
+        )
+
+    # --8<-- [end:from_config]
 
     def add(self, conn: Connection, generation: int) -> None:
         """C++: AddToTimerQueue (on accept)."""
@@ -102,6 +132,15 @@ class HeartbeatTimers:
                     self._insert(conn, generation, now + self.interval)
             return expired
 
+    def verdict(self, conn: Connection, now: float) -> str | None:
+        """Why ``conn`` must be kicked at this check, if it must.
+        C++: CLogicSocket::procPingTimeOutChecking."""
+        if not self.rearm:
+            return "timeout"  # Sock_TimeOutKick = 1: every connection, at its first check
+        if now - conn.last_ping > self.ping_timeout:
+            return "silence"
+        return None
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._entries)
@@ -120,10 +159,15 @@ class HeartbeatTimers:
                     continue
             now = self.clock()
             for _, _, conn, generation in self.take_expired(now):
+                if conn.generation != generation:
+                    continue  # closed (maybe reused) since the entry was made
+                why = self.verdict(conn, now)
+                if why is None:
+                    continue
                 try:
-                    self._on_expired(conn, generation, now)
+                    self._on_kick(conn, generation, why)
                 except Exception:
-                    log.exception("heartbeat check failed")
+                    log.exception("heartbeat kick failed")
 
     def close(self) -> None:
         with self._cond:

@@ -9,7 +9,7 @@ skipped. Every defence of the server is counted in one place of ``stats()``.
 TITLE = "Chapter 6 (06_flood)"
 FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue", "timers", "flood"})
 
-# Snapshot lineage (see GUIDE.md section 4): files new in this chapter, files changed from
-# chapter 5; every other file is an identical copy.
+# Snapshot lineage: the files new in this chapter and the files it changes; every other
+# file is a byte-identical copy of the previous chapter's (python -m tools.chapters check).
 ADDS = frozenset({"flood.py"})
 CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})

@@ -6,8 +6,7 @@ and the [NetSecurity] config keys).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from common.config import Config
 
 from .connection import Connection
 
@@ -27,15 +26,25 @@ class FloodDetector:
     every packet look "too close"; we use the monotonic clock.
     """
 
-    def __init__(
-        self, interval: float, kick_count: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    COUNTERS = ("kicks.flood",)
+
+    def __init__(self, interval: float, kick_count: int) -> None:
         self.interval = interval
         self.kick_count = kick_count
-        self.clock = clock
+
+    @classmethod
+    def from_config(cls, config: Config) -> FloodDetector | None:
+        """The flood rule of ``config``, or None when ``Sock_FloodAttackKickEnable = 0``."""
+        if not config.get_bool("Sock_FloodAttackKickEnable"):
+            return None
+        return cls(
+            config.get_int("Sock_FloodTimeInterval", minimum=0) / 1000,
+            config.get_int("Sock_FloodKickCounter", minimum=1),
+        )
 
     def check(self, conn: Connection, now: float) -> bool:
-        """True when this packet makes ``conn`` a flooder. C++: TestFlood."""
+        """True when this packet, arrived at ``now`` (the server's clock), makes ``conn`` a
+        flooder. C++: TestFlood."""
         if now - conn.flood_last < self.interval:
             conn.flood_count += 1
         else:

@@ -11,16 +11,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from common.config import Config
 from common.protocol import Packet
 
-from .connection import Connection
+from .connection import Connection, Reply
 
 log = logging.getLogger("workers")
 
 # What a worker does with one client's packets (C++: CLogicSocket::threadRecvProcFunc):
 # answers them in order until done or past the deadline (a monotonic time), and returns
-# the replies as (connection, generation, bytes) and how many packets it got through.
-Reply = tuple[Connection, int, bytes]
+# the replies and how many packets it got through.
 Job = Callable[[Connection, int, list[Packet], float], tuple[list[Reply], int]]
 # Where a worker hands its batch of replies (the send queue's put_many).
 Deliver = Callable[[list[Reply]], None]
@@ -68,8 +68,15 @@ class WorkerPool:
     worker never holds up a client that another worker could serve.
     """
 
-    def __init__(self, count: int, job: Job, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        count: int,
+        job: Job,
+        deliver: Deliver,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.count = count
+        self.clock = clock
         self._job = job
         self._deliver = deliver
         self._cond = threading.Condition()
@@ -84,6 +91,12 @@ class WorkerPool:
         ]
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def from_config(
+        cls, config: Config, job: Job, deliver: Deliver, clock: Callable[[], float] = time.monotonic
+    ) -> WorkerPool:
+        return cls(config.get_int("ProcMsgRecvWorkThreadCount", minimum=1), job, deliver, clock)
 
     def submit(self, batch: list[tuple[Connection, int, list[Packet]]]) -> None:
         """Queue what one ``epoll.poll()`` batch read: ``(connection, generation, packets)``
@@ -135,7 +148,7 @@ class WorkerPool:
                 done = len(packets)
                 try:
                     answered, done = self._job(
-                        inbox.conn, inbox.generation, packets, time.monotonic() + TURN
+                        inbox.conn, inbox.generation, packets, self.clock() + TURN
                     )
                     replies += answered
                 except Exception:  # a bug in the logic must not kill the worker
@@ -158,7 +171,7 @@ class WorkerPool:
         with self._cond:
             return self._pending
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Stop and join every worker. C++: CThreadPool::StopAll. A worker in the middle of
         a job finishes it first; queued work is dropped."""
         with self._cond:

@@ -104,13 +104,13 @@ def test_stale_event_for_a_reused_fd_is_ignored(chapter):
     first = socket.create_connection((host, port), timeout=5)
     second = None
     try:
-        server.process_events([(listen_fd, 1)])  # accept the first client
+        server.loop.process_events([(listen_fd, 1)])  # accept the first client
         wait_until(lambda: server.stats()["online"] == 1)
         old_fd = max(fd for fd in _client_fds(server))
         reset(first)  # the next read on old_fd fails with ECONNRESET
         second = socket.create_connection((host, port), timeout=5)
         second.sendall(PING_PACKET)  # if the stale event reached it, it would be answered
-        server.process_events([(old_fd, 1), (listen_fd, 1), (old_fd, 1)])
+        server.loop.process_events([(old_fd, 1), (listen_fd, 1), (old_fd, 1)])
         new_fds = list(_client_fds(server))
         assert new_fds == [old_fd], "the new connection should have reused the closed fd"
         assert server.stats()["stale_events"] == 1
@@ -118,7 +118,7 @@ def test_stale_event_for_a_reused_fd_is_ignored(chapter):
         with pytest.raises(BlockingIOError):
             second.recv(8)  # not answered: the stale event was dropped
         second.setblocking(True)
-        server.process_events([(old_fd, 1)])  # a real event for the new connection
+        server.loop.process_events([(old_fd, 1)])  # a real event for the new connection
         assert recv_exactly(second, 8) == PING_PACKET
     finally:
         if second is not None:
@@ -128,7 +128,7 @@ def test_stale_event_for_a_reused_fd_is_ignored(chapter):
 
 def _client_fds(server) -> list[int]:
     listener_fds = {s.fileno() for s in server.listeners}
-    return [fd for fd in server.conns if fd not in listener_fds]
+    return [fd for fd in server.loop.conns if fd not in listener_fds]
 
 
 def test_emfile_is_survived(chapter, tmp_path):

@@ -49,7 +49,6 @@ def test_lockstep_pinger_gets_10_replies_then_eof(serve):
         assert _lockstep(sock, 50) == 10
         assert_closed_by_server(sock)
     wait_until(lambda: srv.stats()["kicks"]["flood"] == 1)
-    assert srv.stats()["defences"]["flood_kick"] == 1
 
 
 def test_pinger_slower_than_the_interval_is_never_kicked(serve):
@@ -97,24 +96,9 @@ def test_malformed_header_closes_the_connection(serve, length):
         sock.sendall(pack_header(length, 0, 0) + PING_PACKET * 5)
         assert_closed_by_server(sock)  # no reply to the pings after the bad header
     wait_until(lambda: srv.stats()["kicks"]["malformed"] == 1)
-    assert srv.stats()["defences"]["malformed_close"] == 1
     with srv.raw() as other:  # the server itself is fine
         other.sendall(encode_packet(MsgCode.PING))
         assert recv_exactly(other, 8) == PING_PACKET
-
-
-def test_defences_list_every_defence(serve):
-    srv = serve()
-    assert set(srv.stats()["defences"]) == {
-        "online_limit",
-        "storm_guard",
-        "send_backlog_kick",
-        "send_queue_drop",
-        "silence_kick",
-        "timeout_kick",
-        "flood_kick",
-        "malformed_close",
-    }
 
 
 # -- unit ---------------------------------------------------------------------------------
