@@ -35,7 +35,6 @@ KNOWN_KEYS: dict[str, str] = {
     "worker_connections": "1",
     "Sock_RecyConnectionWaitTime": "60",
     "Sock_SendQueueLimit": "50000",
-    "Sock_SendBacklogLimit": "400",
     "Sock_SendBufferSize": "0",
     "Sock_WaitTimeEnable": "0",
     "Sock_MaxWaitTime": "20",

@@ -27,9 +27,16 @@ log = logging.getLogger("server")
 
 T = TypeVar("T")
 
-# How long shutdown() waits for the serving thread to leave its loop before it releases
-# the resources anyway (and says so): a stuck handler must not hang Ctrl-C forever.
+# How long shutdown() waits for a thread to stop before it carries on anyway (and says
+# so): a stuck handler must not hang Ctrl-C forever.
 STOP_TIMEOUT = 10.0
+
+
+def join_thread(thread: threading.Thread, timeout: float = STOP_TIMEOUT) -> None:
+    """Join ``thread``; log an error if it is still running after ``timeout`` seconds."""
+    thread.join(timeout)
+    if thread.is_alive():
+        log.error("thread %s did not stop within %.0f s", thread.name, timeout)
 
 
 class ServerLifecycle:

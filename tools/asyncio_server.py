@@ -346,11 +346,12 @@ class Server:
         finally:
             for srv in servers:
                 srv.close()  # closes the listening socket
-            for conn in list(self._connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
-            # abort() schedules connection_lost; let those callbacks run.
+            # abort() schedules connection_lost; let those callbacks run. Abort again on
+            # each pass: a connection accepted just before the close may arrive late.
             for _ in range(100):
+                for conn in list(self._connections):
+                    if conn.transport is not None:
+                        conn.transport.abort()
                 if not self._connections:
                     break
                 await asyncio.sleep(0)

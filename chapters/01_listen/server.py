@@ -1,15 +1,14 @@
 """Chapter 1 server: open the listening sockets, then serve one client at a time.
 
-The serving loop is deliberately naive: a blocking ``recv`` on the one client being
-served means every other client waits in the kernel's accept queue until that client
-leaves. Run two clients and watch the second one hang; chapter 2 replaces this loop with
-epoll. Starting and stopping (``serve_forever``, ``shutdown`` from any thread) is
-``common/lifecycle.py``; this file is the socket code.
+Deliberately naive: while a blocking ``recv`` waits on the client being served, every
+other client waits in the kernel's accept queue. Chapter 2 replaces this with epoll.
+(Starting and stopping from any thread is ``common/lifecycle.py``.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import select
 import socket
@@ -25,7 +24,7 @@ from .listening import close_listening_sockets, open_listening_sockets
 log = logging.getLogger("server")
 
 RECV_SIZE = 65536
-COUNTERS = ("accepted", "closed")
+COUNTERS = ("accepted", "closed", "accept_errors.econnaborted", "accept_errors.emfile")
 
 
 class Server(ServerLifecycle):
@@ -34,6 +33,10 @@ class Server(ServerLifecycle):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        self.counters = Counters(
+            COUNTERS,
+            Logic.COUNTERS,
+        )
         with self.building():
             self.logic = self.closes(Logic.from_config(config))
             self.listeners = self.closes(
@@ -44,7 +47,6 @@ class Server(ServerLifecycle):
             self._wake_r, self._wake_w = socket.socketpair()
             self.closes(self._wake_r)
             self.closes(self._wake_w)
-        self.counters = Counters(COUNTERS, Logic.COUNTERS)
         self._client: socket.socket | None = None
 
     def stats(self) -> dict[str, object]:
@@ -63,11 +65,20 @@ class Server(ServerLifecycle):
                     return
                 try:
                     sock, addr = listener.accept()
-                except (BlockingIOError, ConnectionAbortedError):
+                except BlockingIOError:
                     continue  # the client gave up between select() and accept()
+                except OSError as exc:
+                    self._accept_failed(exc)
+                    continue
                 self._serve_client(sock, addr)
 
     # --8<-- [end:serve]
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
+        conditions to retry: count, try again later, never stop the server."""
+        self.counters.add(f"accept_errors.{errno.errorcode.get(exc.errno, '?').lower()}")
+        log.debug("accept: %s", exc.strerror or exc)
 
     # --8<-- [start:serve_client]
     def _serve_client(self, sock: socket.socket, addr: tuple[str, int]) -> None:
@@ -101,8 +112,7 @@ class Server(ServerLifecycle):
     # --8<-- [end:serve_client]
 
     def _wake(self) -> None:
-        """shutdown() from another thread: wake select(), and the blocking recv() of the
-        client being served (a shut-down socket's recv returns b"" at once)."""
+        """shutdown(), from another thread: wake select() and the served client's recv()."""
         self._wake_w.send(b"x")
         client = self._client
         if client is not None:

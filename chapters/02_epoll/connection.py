@@ -53,5 +53,9 @@ class Connection:
         self.peer_closed = False  # the client sent FIN; we still owe it the replies in `out`
         self.closed = False
 
+    def finished(self) -> bool:
+        """The client half-closed and is owed nothing more: time to close."""
+        return self.peer_closed and not self.out
+
 
 # --8<-- [end:connection]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import select
-import time
 from collections.abc import Callable
 
 from common.stats import Counters
@@ -21,33 +20,17 @@ from .connection import Connection
 # holds, so a handler may do one step per event and trust epoll to call it again.
 READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 WRITE_EVENTS = select.EPOLLOUT
-# After EMFILE/ENFILE we stop watching the listening sockets for this long (or until a
-# connection closes): a level-triggered listener stays readable while accept() fails, so
-# without the pause the loop would spin at 100% CPU.
-ACCEPT_PAUSE = 0.5
 
 
-# --8<-- [start:eventloop]
 class EventLoop:
-    """One epoll set, the connections registered in it, and the loop that dispatches.
-
-    ``conns`` maps each registered fd to its :class:`Connection`, listening sockets
-    included: their ``rhandler`` is the server's ``on_accept``, as the original's
-    listening "connections" have ``ngx_event_accept``. So the loop never asks what kind of
-    socket an event is for; it calls the connection's handler.
-    """
+    """One epoll set, ``conns`` (fd -> :class:`Connection`, listening sockets included:
+    their ``rhandler`` is the server's ``on_accept``), and the loop that dispatches."""
 
     COUNTERS = ("stale_events",)
 
-    def __init__(
-        self,
-        listeners: list[Connection],
-        counters: Counters,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, listeners: list[Connection], counters: Counters) -> None:
         self.epoll = select.epoll()  # C++: ngx_epoll_init (epoll_create)
         self.counters = counters
-        self.clock = clock
         self.conns: dict[int, Connection] = {}
         self.listeners = listeners
         for listener in listeners:
@@ -57,20 +40,13 @@ class EventLoop:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll.register(self._wake_fd, select.EPOLLIN)
         self._closed_in_batch: set[int] = set()
-        self._accept_paused_until = 0.0
 
     # --8<-- [start:run]
     def run(self, stopping: Callable[[], bool]) -> None:
         """Poll and dispatch until ``stopping()``. C++: the worker's loop around
         ngx_process_events_and_timers."""
         while not stopping():
-            timeout = -1.0
-            if self._accept_paused_until:
-                timeout = max(0.0, self._accept_paused_until - self.clock())
-                if timeout == 0.0:
-                    self._resume_accepting()
-                    timeout = -1.0
-            self.process_events(self.epoll.poll(timeout))
+            self.process_events(self.epoll.poll())
 
     # --8<-- [end:run]
 
@@ -133,27 +109,12 @@ class EventLoop:
             self.epoll.unregister(fd)
         except OSError:
             pass
-        if self._accept_paused_until:
-            self._resume_accepting()  # a descriptor is free again
 
     # --8<-- [end:oper]
 
     def clients(self) -> list[Connection]:
         """The client connections (not the listeners); safe to call from any thread."""
         return [conn for conn in list(self.conns.values()) if conn.whandler is not None]
-
-    def pause_accepting(self) -> None:
-        """Stop watching the listening sockets for ``ACCEPT_PAUSE`` seconds."""
-        already_paused = bool(self._accept_paused_until)
-        self._accept_paused_until = self.clock() + ACCEPT_PAUSE
-        if not already_paused:
-            for listener in self.listeners:
-                self.epoll.unregister(listener.fd)
-
-    def _resume_accepting(self) -> None:
-        self._accept_paused_until = 0.0
-        for listener in self.listeners:
-            self.epoll.register(listener.fd, listener.mask)
 
     def wake(self) -> None:
         """Make a waiting ``poll()`` return now; safe from any thread."""
@@ -162,6 +123,3 @@ class EventLoop:
     def close(self) -> None:
         self.epoll.close()
         os.close(self._wake_fd)
-
-
-# --8<-- [end:eventloop]

@@ -1,9 +1,7 @@
-"""Chapter 2 server: the handlers of a level-triggered epoll loop on one thread.
+"""The server: the event loop's handlers, and the wiring of the chapter's parts.
 
-Builds on chapter 1; adds the epoll event loop (``eventloop.py``) and the non-blocking
-handlers it calls (C++: ngx_event_accept, ngx_read_request_handler,
-ngx_write_request_handler). Every socket is non-blocking; the one thread only ever waits
-in ``epoll.poll()``, so a client that stalls costs the others nothing.
+What this chapter adds to the one before is in ``__init__.py``; each part it adds is a
+module of its own (the C++ names are in the docstrings).
 """
 
 from __future__ import annotations
@@ -11,8 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
-from collections.abc import Callable
 
 from common.config import Config
 from common.lifecycle import ServerLifecycle
@@ -32,13 +28,14 @@ COUNTERS = ("accepted", "closed", "accept_errors.econnaborted", "accept_errors.e
 
 class Server(ServerLifecycle):
     """The chapter contract: ``Server(config)``, ``serve_forever()``, ``shutdown()``,
-    ``addresses`` and ``stats()``. ``clock`` is the one time source of every timer."""
+    ``addresses`` and ``stats()``."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config) -> None:
         require_epoll()
         super().__init__()
         self.counters = Counters(
             COUNTERS,
+            ("half_closed",),
             EventLoop.COUNTERS,
             Logic.COUNTERS,
         )
@@ -55,7 +52,7 @@ class Server(ServerLifecycle):
             listening = [
                 Connection(s, s.getsockname()[:2], self.on_accept, None) for s in self.listeners
             ]
-            self.loop = self.closes(EventLoop(listening, self.counters, clock))
+            self.loop = self.closes(EventLoop(listening, self.counters))
             self.at_shutdown(self._close_everything)
 
     def stats(self) -> dict[str, object]:
@@ -63,6 +60,7 @@ class Server(ServerLifecycle):
         clients = self.loop.clients()
         snapshot["online"] = len(clients)
         snapshot["waiting_epollout"] = sum(1 for c in clients if c.out)
+        snapshot["unsent_bytes"] = sum(len(c.out) for c in clients)
         return snapshot
 
     def _serve(self) -> None:
@@ -84,16 +82,11 @@ class Server(ServerLifecycle):
             sock, addr = listener.sock.accept()
         except BlockingIOError:
             return  # another event already took it (EAGAIN)
-        except ConnectionAbortedError:
-            self.counters.add("accept_errors.econnaborted")  # the client gave up in the queue
-            return
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                self.counters.add("accept_errors.emfile")
-                log.error("accept: %s; pausing accepts", exc.strerror)
-                self.loop.pause_accepting()
-                return
-            raise
+            # Out of descriptors, the listener stays readable: this retries at every poll
+            # until one is free (chapter 3 pauses instead).
+            self._accept_failed(exc)
+            return
         sock.setblocking(False)
         if self.send_buffer_size:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_size)
@@ -103,6 +96,12 @@ class Server(ServerLifecycle):
         log.info("accepted %s:%d", *addr)
 
     # --8<-- [end:on_accept]
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
+        conditions to retry: count, try again later, never stop the server."""
+        self.counters.add(f"accept_errors.{errno.errorcode.get(exc.errno, '?').lower()}")
+        log.debug("accept: %s", exc.strerror or exc)
 
     # --8<-- [start:on_readable]
     def on_readable(self, conn: Connection) -> None:
@@ -119,18 +118,13 @@ class Server(ServerLifecycle):
             return
         replies = self.logic.answer(conn.parser.feed(data), self.counters)
         if replies:
-            self.send(conn, b"".join(replies))
+            self._send(conn, b"".join(replies))
 
     # --8<-- [end:on_readable]
 
     # --8<-- [start:send]
-    def send(self, conn: Connection, data: bytes) -> None:
-        """Write directly; keep what the kernel would not take and let EPOLLOUT finish it.
-
-        While replies are pending we also stop reading from this client (backpressure):
-        a client that never reads then costs at most one read's worth of replies, instead
-        of growing ``conn.out`` without bound.
-        """
+    def _send(self, conn: Connection, data: bytes) -> None:
+        """Write directly; keep what the kernel would not take and let EPOLLOUT finish it."""
         try:
             sent = conn.sock.send(data)
         except BlockingIOError:
@@ -140,7 +134,7 @@ class Server(ServerLifecycle):
             return
         if sent < len(data):
             conn.out += memoryview(data)[sent:]
-            self.loop.set_mask(conn, WRITE_EVENTS)
+            self._update_mask(conn)
 
     def on_writable(self, conn: Connection) -> None:
         """Continue a partial write. C++: ngx_write_request_handler."""
@@ -152,24 +146,33 @@ class Server(ServerLifecycle):
             self.close_connection(conn, exc.strerror or "error")
             return
         del conn.out[:sent]
-        if conn.out:
-            return  # still full: level-triggered EPOLLOUT will call us again
-        if conn.peer_closed:
+        self._update_mask(conn)
+        if conn.finished():
             self.close_connection(conn, "peer closed, replies delivered")
-        else:
-            self.loop.set_mask(conn, READ_EVENTS)  # drained: read again, no more EPOLLOUT
+
+    def _update_mask(self, conn: Connection) -> None:
+        """Ask epoll for what the connection's state needs: EPOLLOUT while replies wait
+        (level-triggered EPOLLOUT on a drained socket would fire on every poll), EPOLLIN
+        unless the client sent its FIN or its replies wait. Not reading a client whose
+        replies pile up is backpressure: it is slowed to the pace it reads at, and costs
+        at most one read's worth of replies instead of growing ``out`` without bound."""
+        reading = not (conn.peer_closed or conn.out)
+        self.loop.set_mask(
+            conn, (READ_EVENTS if reading else 0) | (WRITE_EVENTS if conn.out else 0)
+        )
 
     # --8<-- [end:send]
 
     def _on_peer_closed(self, conn: Connection) -> None:
-        """recv() returned 0: the client sent FIN. If replies are still pending it may be a
-        half-close (``shutdown(SHUT_WR)``) and the client still reads: deliver them first
-        (the original drops them: reference bug 5)."""
-        if conn.out:
-            conn.peer_closed = True
-            self.loop.set_mask(conn, WRITE_EVENTS)
-        else:
+        """recv() returned 0: the client sent FIN. It may be a half-close
+        (``shutdown(SHUT_WR)``) and the client still reads: the replies it is owed are
+        delivered first (the original drops them: reference bug 5)."""
+        conn.peer_closed = True
+        self._update_mask(conn)
+        if conn.finished():
             self.close_connection(conn, "peer closed")
+        else:
+            self.counters.add("half_closed")  # replies still owed: deliver, then close
 
     # --8<-- [start:close_connection]
     def close_connection(self, conn: Connection, why: str) -> None:
@@ -177,13 +180,17 @@ class Server(ServerLifecycle):
         if conn.closed:
             return
         conn.closed = True
+        log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
+        self._release(conn)
+
+    def _release(self, conn: Connection) -> None:
         self.loop.forget(conn)
         conn.sock.close()
         self.counters.add("closed")
-        log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
 
     # --8<-- [end:close_connection]
 
     def _close_everything(self) -> None:
         for conn in self.loop.clients():
-            self.close_connection(conn, "server shutting down")
+            conn.closed = True
+            self._release(conn)

@@ -13,4 +13,4 @@ FEATURES = frozenset({"listen", "epoll", "pool"})
 # Snapshot lineage: the files new in this chapter and the files it changes; every other
 # file is a byte-identical copy of the previous chapter's (python -m tools.chapters check).
 ADDS = frozenset({"pool.py"})
-CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})
+CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "eventloop.py", "server.py"})

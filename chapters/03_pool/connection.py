@@ -87,5 +87,9 @@ class Connection:
         self.out = bytearray()
         self.closed = True
 
+    def finished(self) -> bool:
+        """The client half-closed and is owed nothing more: time to close."""
+        return self.peer_closed and not self.out
+
 
 # --8<-- [end:connection]

@@ -27,15 +27,9 @@ WRITE_EVENTS = select.EPOLLOUT
 ACCEPT_PAUSE = 0.5
 
 
-# --8<-- [start:eventloop]
 class EventLoop:
-    """One epoll set, the connections registered in it, and the loop that dispatches.
-
-    ``conns`` maps each registered fd to its :class:`Connection`, listening sockets
-    included: their ``rhandler`` is the server's ``on_accept``, as the original's
-    listening "connections" have ``ngx_event_accept``. So the loop never asks what kind of
-    socket an event is for; it calls the connection's handler.
-    """
+    """One epoll set, ``conns`` (fd -> :class:`Connection`, listening sockets included:
+    their ``rhandler`` is the server's ``on_accept``), and the loop that dispatches."""
 
     COUNTERS = ("stale_events",)
 
@@ -162,6 +156,3 @@ class EventLoop:
     def close(self) -> None:
         self.epoll.close()
         os.close(self._wake_fd)
-
-
-# --8<-- [end:eventloop]

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from common.config import Config
+from common.lifecycle import join_thread
 
 from .connection import Connection
 
@@ -114,9 +115,7 @@ class ConnectionPool:
             self._free.extend(conn for _, conn in self._recycling)
             self._recycling.clear()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                log.error("the recycler thread did not stop within 5 s")
+            join_thread(self._thread)
 
     # --8<-- [start:refusal]
     def refusal(self) -> str | None:

@@ -1,8 +1,7 @@
-"""Chapter 3 server: the epoll loop of chapter 2, with connections from a pool.
+"""The server: the event loop's handlers, and the wiring of the chapter's parts.
 
-Builds on chapter 2; adds the connection pool (``pool.py``; C++: ngx_get_connection,
-inRecyConnectQueue, ServerRecyConnectionThread) and the two limits the original enforces
-at accept: the online-user limit and the connect/disconnect storm guard.
+What this chapter adds to the one before is in ``__init__.py``; each part it adds is a
+module of its own (the C++ names are in the docstrings).
 """
 
 from __future__ import annotations
@@ -37,8 +36,10 @@ class Server(ServerLifecycle):
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         require_epoll()
         super().__init__()
+        self.clock = clock
         self.counters = Counters(
             COUNTERS,
+            ("half_closed",),
             ConnectionPool.COUNTERS,
             EventLoop.COUNTERS,
             Logic.COUNTERS,
@@ -66,6 +67,7 @@ class Server(ServerLifecycle):
         clients = self.loop.clients()
         snapshot["online"] = self.pool.in_use
         snapshot["waiting_epollout"] = sum(1 for c in clients if c.out)
+        snapshot["unsent_bytes"] = sum(len(c.out) for c in clients)
         snapshot["pool"] = {
             "total": self.pool.total,
             "free": self.pool.free,
@@ -92,16 +94,9 @@ class Server(ServerLifecycle):
             sock, addr = listener.sock.accept()
         except BlockingIOError:
             return  # another event already took it (EAGAIN)
-        except ConnectionAbortedError:
-            self.counters.add("accept_errors.econnaborted")  # the client gave up in the queue
-            return
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                self.counters.add("accept_errors.emfile")
-                log.error("accept: %s; pausing accepts", exc.strerror)
-                self.loop.pause_accepting()
-                return
-            raise
+            self._accept_failed(exc)
+            return
         refusal = self.pool.refusal()
         if refusal is not None:
             # As the original: the TCP handshake is done, so the client sees a connect that
@@ -121,6 +116,15 @@ class Server(ServerLifecycle):
 
     # --8<-- [end:on_accept]
 
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
+        conditions to retry: count, try again later, never stop the server."""
+        self.counters.add(f"accept_errors.{errno.errorcode.get(exc.errno, '?').lower()}")
+        log.debug("accept: %s", exc.strerror or exc)
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: see ACCEPT_PAUSE
+            log.error("accept: %s; pausing accepts", exc.strerror)
+            self.loop.pause_accepting()
+
     # --8<-- [start:on_readable]
     def on_readable(self, conn: Connection) -> None:
         """Read once, answer everything that read completed. C++: ngx_read_request_handler."""
@@ -136,18 +140,13 @@ class Server(ServerLifecycle):
             return
         replies = self.logic.answer(conn.parser.feed(data), self.counters)
         if replies:
-            self.send(conn, b"".join(replies))
+            self._send(conn, b"".join(replies))
 
     # --8<-- [end:on_readable]
 
     # --8<-- [start:send]
-    def send(self, conn: Connection, data: bytes) -> None:
-        """Write directly; keep what the kernel would not take and let EPOLLOUT finish it.
-
-        While replies are pending we also stop reading from this client (backpressure):
-        a client that never reads then costs at most one read's worth of replies, instead
-        of growing ``conn.out`` without bound.
-        """
+    def _send(self, conn: Connection, data: bytes) -> None:
+        """Write directly; keep what the kernel would not take and let EPOLLOUT finish it."""
         try:
             sent = conn.sock.send(data)
         except BlockingIOError:
@@ -157,7 +156,7 @@ class Server(ServerLifecycle):
             return
         if sent < len(data):
             conn.out += memoryview(data)[sent:]
-            self.loop.set_mask(conn, WRITE_EVENTS)
+            self._update_mask(conn)
 
     def on_writable(self, conn: Connection) -> None:
         """Continue a partial write. C++: ngx_write_request_handler."""
@@ -169,24 +168,33 @@ class Server(ServerLifecycle):
             self.close_connection(conn, exc.strerror or "error")
             return
         del conn.out[:sent]
-        if conn.out:
-            return  # still full: level-triggered EPOLLOUT will call us again
-        if conn.peer_closed:
+        self._update_mask(conn)
+        if conn.finished():
             self.close_connection(conn, "peer closed, replies delivered")
-        else:
-            self.loop.set_mask(conn, READ_EVENTS)  # drained: read again, no more EPOLLOUT
+
+    def _update_mask(self, conn: Connection) -> None:
+        """Ask epoll for what the connection's state needs: EPOLLOUT while replies wait
+        (level-triggered EPOLLOUT on a drained socket would fire on every poll), EPOLLIN
+        unless the client sent its FIN or its replies wait. Not reading a client whose
+        replies pile up is backpressure: it is slowed to the pace it reads at, and costs
+        at most one read's worth of replies instead of growing ``out`` without bound."""
+        reading = not (conn.peer_closed or conn.out)
+        self.loop.set_mask(
+            conn, (READ_EVENTS if reading else 0) | (WRITE_EVENTS if conn.out else 0)
+        )
 
     # --8<-- [end:send]
 
     def _on_peer_closed(self, conn: Connection) -> None:
-        """recv() returned 0: the client sent FIN. If replies are still pending it may be a
-        half-close (``shutdown(SHUT_WR)``) and the client still reads: deliver them first
-        (the original drops them: reference bug 5)."""
-        if conn.out:
-            conn.peer_closed = True
-            self.loop.set_mask(conn, WRITE_EVENTS)
-        else:
+        """recv() returned 0: the client sent FIN. It may be a half-close
+        (``shutdown(SHUT_WR)``) and the client still reads: the replies it is owed are
+        delivered first (the original drops them: reference bug 5)."""
+        conn.peer_closed = True
+        self._update_mask(conn)
+        if conn.finished():
             self.close_connection(conn, "peer closed")
+        else:
+            self.counters.add("half_closed")  # replies still owed: deliver, then close
 
     # --8<-- [start:close_connection]
     def close_connection(self, conn: Connection, why: str) -> None:
@@ -194,14 +202,18 @@ class Server(ServerLifecycle):
         if conn.closed:
             return
         conn.closed = True
+        log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
+        self._release(conn)
+
+    def _release(self, conn: Connection) -> None:
         self.loop.forget(conn)
         conn.sock.close()
         self.counters.add("closed")
-        log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
         self.pool.retire(conn)  # new generation; reusable after the recycle wait
 
     # --8<-- [end:close_connection]
 
     def _close_everything(self) -> None:
         for conn in self.loop.clients():
-            self.close_connection(conn, "server shutting down")
+            conn.closed = True
+            self._release(conn)

@@ -7,62 +7,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from common.config import Config
+from common.lifecycle import join_thread
 from common.stats import Counters
 
 from .connection import Connection, Reply
 
+if TYPE_CHECKING:
+    from .server import Server
+
 log = logging.getLogger("sendqueue")
 
 
-class SendTarget(Protocol):
-    """What the send thread needs from the server (kept narrow so this file reads alone)."""
-
-    def arm_epollout(self, conn: Connection) -> None: ...  # call with conn.lock held
-
-    def resolved(self, conn: Connection, n: int) -> None: ...  # call with conn.lock held
-
-    def close_connection(
-        self, conn: Connection, why: str, generation: int | None = None
-    ) -> None: ...
-
-
-# --8<-- [start:sendqueue]
 class SendQueue:
     """Replies from the workers, written by one send thread.
 
-    * :meth:`put_many` (C++: msgSend) queues replies and posts the semaphore once per
-      batch (the original posts once per reply). When the whole queue already holds ``limit`` replies the new ones are dropped
-      and counted (C++: the 50000 check): a server under attack must not grow without bound.
-    * The send thread (C++: ServerSendQueueThread) waits on the semaphore, takes *the
-      whole queue* at once, drops replies whose generation is stale, and writes each
-      connection's replies with one ``send``. On a partial write or ``EAGAIN`` it keeps the
-      rest on the connection and arms ``EPOLLOUT``; the event loop's ``on_writable``
-      finishes it.
-    * While a connection waits for ``EPOLLOUT``, further replies join its pending output
-      and count as its *backlog*: replies the client has failed to take. Past
-      ``backlog_limit`` the client is kicked. The original instead counts every reply
-      queued inside the server, which kicks well-behaved clients that pipeline a burst
-      (reference bug 4).
+    * :meth:`put_many` (C++: msgSend) queues replies; with ``limit`` queued, the worker
+      waits for room (the original drops replies past 50000, well-behaved clients' too).
+    * The send thread (C++: ServerSendQueueThread) wakes on the semaphore, takes the whole
+      queue, drops stale replies and writes each client's replies with one ``send``. What
+      the kernel will not take waits in ``conn.out`` for EPOLLOUT (the loop's
+      ``on_writable``); later replies queue behind it, in order. A client that leaves its
+      replies untaken is not kicked (the original kicks at 400 queued, well-behaved
+      clients too: reference bug 4): the server stops reading its requests instead.
     """
 
-    COUNTERS = (
-        "replies_dropped.queue_full",
-        "replies_dropped.stale",
-        "replies_dropped.kicked",
-        "kicks.send_backlog",
-    )
+    COUNTERS = ("replies_dropped.stale", "send_queue_full")
 
-    def __init__(
-        self, limit: int, backlog_limit: int, target: SendTarget, counters: Counters
-    ) -> None:
+    def __init__(self, limit: int, server: Server, counters: Counters) -> None:
         self.limit = limit
-        self.backlog_limit = backlog_limit
-        self._target = target
+        self._server = server  # for resolved() and close_connection()
         self._counters = counters
-        self._lock = threading.Lock()
+        self._room = threading.Condition()  # guards _queue; notified when it is emptied
         self._queue: list[Reply] = []
         self._semaphore = threading.Semaphore(0)  # C++: sem_t m_semEventSendQueue
         self._stopping = False
@@ -70,35 +48,24 @@ class SendQueue:
         self._thread.start()
 
     @classmethod
-    def from_config(cls, config: Config, target: SendTarget, counters: Counters) -> SendQueue:
-        return cls(
-            config.get_int("Sock_SendQueueLimit", minimum=1),
-            config.get_int("Sock_SendBacklogLimit", minimum=1),
-            target,
-            counters,
-        )
+    def from_config(cls, config: Config, server: Server, counters: Counters) -> SendQueue:
+        return cls(config.get_int("Sock_SendQueueLimit", minimum=1), server, counters)
 
     def put_many(self, replies: list[Reply]) -> None:
         """C++: msgSend, once for a whole batch of replies."""
-        with self._lock:
-            was_empty = not self._queue
-            room = self.limit - len(self._queue)
-            dropped = replies[room:] if room < len(replies) else []
-            self._queue += replies[: max(room, 0)] if dropped else replies
-            # One post per batch, and none while the queue is non-empty: the post that
-            # made it non-empty has not been consumed yet, and the send thread takes the
-            # whole queue when it is.
-            post = was_empty and bool(self._queue)
+        with self._room:
+            if len(self._queue) >= self.limit:
+                self._counters.add("send_queue_full")
+                while len(self._queue) >= self.limit and not self._stopping:
+                    self._room.wait()
+            post = not self._queue  # it takes the whole queue: one post wakes it for all
+            self._queue += replies
         if post:
             self._semaphore.release()
-        if dropped:
-            self._counters.add("replies_dropped.queue_full", len(dropped))
-            for conn, generation, _ in dropped:
-                self.settle(conn, generation, 1)
 
     @property
     def size(self) -> int:
-        with self._lock:
+        with self._room:
             return len(self._queue)
 
     def _run(self) -> None:
@@ -106,82 +73,49 @@ class SendQueue:
             self._semaphore.acquire()
             if self._stopping:
                 return
-            with self._lock:
+            with self._room:
                 batch, self._queue = self._queue, []
-            if not batch:
-                continue  # an earlier wake-up already took these replies
-            # Group by (connection, generation), keeping each group's replies in order:
-            # one send per client per wake-up instead of one per reply.
+                self._room.notify_all()
+            # Group by (connection, generation), each group's replies in order: one send
+            # per client per wake-up instead of one per reply.
             groups: dict[tuple[Connection, int], list[bytes]] = {}
             for conn, generation, data in batch:
-                chunks = groups.get((conn, generation))
-                if chunks is None:
-                    groups[(conn, generation)] = [data]
-                else:
-                    chunks.append(data)
+                groups.setdefault((conn, generation), []).append(data)
             for (conn, generation), chunks in groups.items():
-                self._write(conn, generation, chunks)
+                try:
+                    self._write(conn, generation, chunks)
+                except Exception:  # one client's surprise must not end every reply
+                    log.exception("send thread: writing to %s:%d failed", *conn.addr)
+                    self._server.close_connection(conn, "send failed", generation)
 
     def _write(self, conn: Connection, generation: int, chunks: list[bytes]) -> None:
-        n = len(chunks)
-        kick = finish = False
+        failed = False
         with conn.lock:
             if conn.closed or conn.generation != generation:
-                self._counters.add("replies_dropped.stale", n)  # closed meanwhile
+                self._counters.add("replies_dropped.stale", len(chunks))  # closed meanwhile
                 return
-            data = chunks[0] if n == 1 else b"".join(chunks)
-            if conn.waiting:
-                # Kernel buffer still full: queue behind what is pending (the original
-                # skips such connections and rescans them on every wake-up).
-                conn.out += data
-                conn.backlog += n
-                kick = conn.backlog > self.backlog_limit
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if conn.out:
+                conn.out += data  # the kernel is still full: queue behind, in order
             else:
                 try:
                     sent = conn.sock.send(data)  # type: ignore[union-attr]
                 except BlockingIOError:
                     sent = 0
-                except OSError:
-                    sent = -1  # reset by the peer: the event loop sees the error and closes
-                if 0 <= sent < len(data):
-                    conn.out += memoryview(data)[sent:]
-                    conn.waiting = True
-                    conn.backlog = 0
-                    self._target.arm_epollout(conn)
-            if not kick:
-                self._target.resolved(conn, n)
-                finish = conn.finished()
-        if kick:
-            self._counters.add("kicks.send_backlog")
-            self._counters.add("replies_dropped.kicked", n)
-            log.warning("%s:%d does not take its replies: kicked", *conn.addr)
-            self._target.close_connection(conn, "send backlog", generation)
-            return
-        self._counters.add("replies_out", n)
-        if finish:
-            self._target.close_connection(conn, "peer closed, replies delivered", generation)
+                except OSError:  # reset by the peer: nothing more to deliver
+                    sent, failed = len(data), True
+                conn.out += memoryview(data)[sent:]
+            finish = self._server.resolved(conn, len(chunks))
+        self._counters.add("replies_out", len(chunks))
+        if failed:
+            self._server.close_connection(conn, "send failed", generation)
+        elif finish:
+            self._server.close_connection(conn, "peer closed, replies delivered", generation)
 
-    def settle(self, conn: Connection, generation: int, n: int) -> None:
-        """``n`` requests of ``conn`` were resolved without a reply reaching this queue
-        (dropped by the logic or by the queue limit). A client that half-closed is closed
-        once nothing is owed to it any more."""
-        with conn.lock:
-            if conn.closed or conn.generation != generation:
-                return
-            self._target.resolved(conn, n)
-            finish = conn.finished()
-        if finish:
-            self._target.close_connection(conn, "peer closed, replies delivered", generation)
-
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self) -> None:
         """Stop and join the send thread; queued replies are dropped."""
-        self._stopping = True
+        with self._room:
+            self._stopping = True
+            self._room.notify_all()  # a worker waiting for room gives up
         self._semaphore.release()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("the send thread did not stop within %.0f s", timeout)
-        with self._lock:
-            self._queue.clear()
-
-
-# --8<-- [end:sendqueue]
+        join_thread(self._thread)

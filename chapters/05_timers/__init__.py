@@ -12,4 +12,4 @@ FEATURES = frozenset({"listen", "epoll", "pool", "sendqueue", "timers"})
 # Snapshot lineage: the files new in this chapter and the files it changes; every other
 # file is a byte-identical copy of the previous chapter's (python -m tools.chapters check).
 ADDS = frozenset({"timers.py"})
-CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "server.py"})
+CHANGES = frozenset({"__init__.py", "README.md", "connection.py", "sendqueue.py", "server.py"})

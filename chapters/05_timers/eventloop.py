@@ -4,9 +4,6 @@ C++: ngx_epoll_init, ngx_epoll_process_events, ngx_epoll_oper_event.
 
 These are the loop's mechanics; what the server does on each event (accept, read, write)
 is in ``server.py``'s handlers. Later chapters change the handlers and keep this file.
-
-From chapter 4 other threads (workers, the send thread) need the loop to act for them:
-:meth:`EventLoop.call_in_loop` runs a function on the loop's thread.
 """
 
 from __future__ import annotations
@@ -31,15 +28,9 @@ WRITE_EVENTS = select.EPOLLOUT
 ACCEPT_PAUSE = 0.5
 
 
-# --8<-- [start:eventloop]
 class EventLoop:
-    """One epoll set, the connections registered in it, and the loop that dispatches.
-
-    ``conns`` maps each registered fd to its :class:`Connection`, listening sockets
-    included: their ``rhandler`` is the server's ``on_accept``, as the original's
-    listening "connections" have ``ngx_event_accept``. So the loop never asks what kind of
-    socket an event is for; it calls the connection's handler.
-    """
+    """One epoll set, ``conns`` (fd -> :class:`Connection`, listening sockets included:
+    their ``rhandler`` is the server's ``on_accept``), and the loop that dispatches."""
 
     COUNTERS = ("stale_events",)
 
@@ -62,29 +53,21 @@ class EventLoop:
         self.epoll.register(self._wake_fd, select.EPOLLIN)
         self._closed_in_batch: set[int] = set()
         self._accept_paused_until = 0.0
-        self._calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
-        self._calls_lock = threading.Lock()  # guards _calls and _thread
-        self._thread = 0  # ident of the thread inside run(); 0 when none is
+        self.thread = 0  # ident of the thread inside run(), 0 while none is
 
     # --8<-- [start:run]
     def run(self, stopping: Callable[[], bool]) -> None:
         """Poll and dispatch until ``stopping()``. C++: the worker's loop around
         ngx_process_events_and_timers."""
-        with self._calls_lock:
-            self._thread = threading.get_ident()
-        try:
-            while not stopping():
-                timeout = -1.0
-                if self._accept_paused_until:
-                    timeout = max(0.0, self._accept_paused_until - self.clock())
-                    if timeout == 0.0:
-                        self._resume_accepting()
-                        timeout = -1.0
-                self.process_events(self.epoll.poll(timeout))
-        finally:
-            with self._calls_lock:
-                self._thread = 0
-            self._run_calls()  # what other threads asked for before we left
+        self.thread = threading.get_ident()
+        while not stopping():
+            timeout = -1.0
+            if self._accept_paused_until:
+                timeout = max(0.0, self._accept_paused_until - self.clock())
+                if timeout == 0.0:
+                    self._resume_accepting()
+                    timeout = -1.0
+            self.process_events(self.epoll.poll(timeout))
 
     # --8<-- [end:run]
 
@@ -119,8 +102,6 @@ class EventLoop:
                 conn.rhandler(conn)
             if mask & select.EPOLLOUT and not conn.closed and conn.whandler is not None:
                 conn.whandler(conn)
-        if self._calls:
-            self._run_calls()
 
     # --8<-- [end:process_events]
 
@@ -154,32 +135,6 @@ class EventLoop:
 
     # --8<-- [end:oper]
 
-    # --8<-- [start:call_in_loop]
-    def call_in_loop(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` on the event loop's thread: now, if this is that thread (or no
-        loop runs), else right after the loop's current batch of events.
-
-        Why not just call it: a worker that closed a socket itself could free an fd in the
-        middle of the loop's batch, and the loop would hand the batch's later events for
-        that fd to whichever connection gets the number next.
-        """
-        with self._calls_lock:
-            queued = self._thread not in (0, threading.get_ident())
-            if queued:
-                self._calls.append((fn, args))
-        if queued:
-            self.wake()
-        else:
-            fn(*args)
-
-    def _run_calls(self) -> None:
-        with self._calls_lock:
-            calls, self._calls = self._calls, []
-        for fn, args in calls:
-            fn(*args)
-
-    # --8<-- [end:call_in_loop]
-
     def clients(self) -> list[Connection]:
         """The client connections (not the listeners); safe to call from any thread."""
         return [conn for conn in list(self.conns.values()) if conn.whandler is not None]
@@ -197,6 +152,10 @@ class EventLoop:
         for listener in self.listeners:
             self.epoll.register(listener.fd, listener.mask)
 
+    def in_loop_thread(self) -> bool:
+        """On the loop's thread, or no thread runs the loop (a test driving it by hand)."""
+        return self.thread in (0, threading.get_ident())
+
     def wake(self) -> None:
         """Make a waiting ``poll()`` return now; safe from any thread."""
         os.eventfd_write(self._wake_fd, 1)
@@ -204,6 +163,3 @@ class EventLoop:
     def close(self) -> None:
         self.epoll.close()
         os.close(self._wake_fd)
-
-
-# --8<-- [end:eventloop]

@@ -1,8 +1,7 @@
-"""Chapter 5 server: chapter 4's pipeline, plus heartbeat timers that reap silent clients.
+"""The server: the event loop's handlers, and the wiring of the chapter's parts.
 
-Builds on chapter 4; adds the heartbeat timer queue and its monitor thread (``timers.py``;
-C++: AddToTimerQueue, ServerTimerQueueMonitorThread, procPingTimeOutChecking). A client
-must ping at least every ``3 * Sock_MaxWaitTime + Sock_PingGraceTime`` seconds or be kicked.
+What this chapter adds to the one before is in ``__init__.py``; each part it adds is a
+module of its own (the C++ names are in the docstrings).
 """
 
 from __future__ import annotations
@@ -32,11 +31,11 @@ log = logging.getLogger("server")
 
 RECV_SIZE = 65536
 COUNTERS = ("accepted", "closed", "accept_errors.econnaborted", "accept_errors.emfile")
-THREAD_COUNTERS = ("stale_requests", "epollout_armed", "half_closed", "reading_paused")
-# Requests one client may have with the workers and the send queue before we stop reading
-# from it until half of them are answered. Without it a client that sends faster than the
-# workers answer grows the receive queue without bound (the original's is unbounded).
+# Requests of a client read but not answered before we stop reading it (the original's
+# receive queue has no bound). A worker's turn with one client, in seconds: without turns
+# a client that pipelines 500 logins (a few hundred ms each) holds a worker for minutes.
 RECV_WINDOW = 1024
+TURN = 0.005
 
 
 class Server(ServerLifecycle):
@@ -49,8 +48,9 @@ class Server(ServerLifecycle):
         self.clock = clock
         self.counters = Counters(
             COUNTERS,
+            ("half_closed",),
             ConnectionPool.COUNTERS,
-            THREAD_COUNTERS,
+            ("stale_requests", "epollout_armed"),
             SendQueue.COUNTERS,
             HeartbeatTimers.COUNTERS,
             EventLoop.COUNTERS,
@@ -73,19 +73,17 @@ class Server(ServerLifecycle):
             ]
             self.loop = self.closes(EventLoop(listening, self.counters, clock))
             self.at_shutdown(self._close_everything)
-            # Released in reverse: the workers (which feed the send queue) stop first, then
-            # the send thread, and only then are the connections closed.
+            # Released in reverse: workers stop, then the send thread, then connections close.
             self.sendqueue = self.closes(SendQueue.from_config(config, self, self.counters))
-            self.workers = self.closes(
-                WorkerPool.from_config(config, self.run_logic, self.sendqueue.put_many, clock)
-            )
+            self.workers = self.closes(WorkerPool.from_config(config, self.run_logic))
             self.timers = self.closes(HeartbeatTimers.from_config(config, self._kick, clock))
 
     def stats(self) -> dict[str, object]:
         snapshot = self.counters.snapshot()
         clients = self.loop.clients()
         snapshot["online"] = self.pool.in_use
-        snapshot["waiting_epollout"] = sum(1 for c in clients if c.waiting)
+        snapshot["waiting_epollout"] = sum(1 for c in clients if c.out)
+        snapshot["unsent_bytes"] = sum(len(c.out) for c in clients)
         snapshot["queues"] = {
             "receive": self.workers.pending,
             "send": self.sendqueue.size,
@@ -117,16 +115,9 @@ class Server(ServerLifecycle):
             sock, addr = listener.sock.accept()
         except BlockingIOError:
             return  # another event already took it (EAGAIN)
-        except ConnectionAbortedError:
-            self.counters.add("accept_errors.econnaborted")  # the client gave up in the queue
-            return
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                self.counters.add("accept_errors.emfile")
-                log.error("accept: %s; pausing accepts", exc.strerror)
-                self.loop.pause_accepting()
-                return
-            raise
+            self._accept_failed(exc)
+            return
         refusal = self.pool.refusal()
         if refusal is not None:
             # As the original: the TCP handshake is done, so the client sees a connect that
@@ -149,12 +140,21 @@ class Server(ServerLifecycle):
 
     # --8<-- [end:on_accept]
 
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
+        conditions to retry: count, try again later, never stop the server."""
+        self.counters.add(f"accept_errors.{errno.errorcode.get(exc.errno, '?').lower()}")
+        log.debug("accept: %s", exc.strerror or exc)
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: see ACCEPT_PAUSE
+            log.error("accept: %s; pausing accepts", exc.strerror)
+            self.loop.pause_accepting()
+
     # --8<-- [start:on_readable]
     def on_readable(self, conn: Connection) -> None:
-        """Read once and hand every complete packet to the workers; no logic here any more.
-        C++: ngx_read_request_handler + ngx_wait_request_handler_proc_plast."""
-        if conn.closed:
-            return  # a close requested by another thread is on its way
+        """Read once, hand the packets to the workers. C++: ngx_read_request_handler."""
+        if conn.closed:  # another thread closed it, and shut the socket down to tell us
+            self._release(conn)
+            return
         try:
             data = conn.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -165,44 +165,27 @@ class Server(ServerLifecycle):
         if not data:
             self._on_peer_closed(conn)
             return
-        packets = []
-        for event in conn.parser.feed(data):
-            if not isinstance(event, Packet):
-                # As the original: a malformed length is skipped (8 bytes dropped), the
-                # connection kept. Chapter 6 closes the connection instead.
-                self.counters.add("malformed")
-                log.info("malformed header (length %d): skipped", event.length)
-                continue
-            packets.append(event)
+        packets = self.logic.packets(conn.parser.feed(data), self.counters)
         if packets:
-            self.counters.add("packets_in", len(packets))
             with conn.lock:
                 conn.in_flight += len(packets)
-                if conn.in_flight >= RECV_WINDOW and not conn.reading_paused:
-                    conn.reading_paused = True
-                    self.loop.set_mask(conn, conn.mask & ~READ_EVENTS)
-                    self.counters.add("reading_paused")
-            self.workers.submit([(conn, conn.generation, packets)])
+                self._update_mask(conn)
+            self.workers.submit(conn, conn.generation, packets)
 
     # --8<-- [end:on_readable]
 
     # --8<-- [start:run_logic]
-    def run_logic(
-        self, conn: Connection, generation: int, packets: list[Packet], deadline: float
-    ) -> tuple[list[Reply], int]:
-        """Run on a worker thread: validate and answer one client's packets, in order, until
-        done or past ``deadline`` (then the worker lets other clients have a turn).
-        C++: CLogicSocket::threadRecvProcFunc (with its iCurrsequence check)."""
+    def run_logic(self, conn: Connection, generation: int, packets: list[Packet]) -> int:
+        """Worker thread: answer one client's packets in order for one ``TURN``; return how
+        many. C++: CLogicSocket::threadRecvProcFunc (with its iCurrsequence check)."""
+        if conn.generation != generation:  # the client left while its requests waited
+            self.counters.add("stale_requests", len(packets))
+            return len(packets)
         replies: list[Reply] = []
-        unanswered = 0
-        done = 0
+        unanswered = done = 0
         pinged = False
+        deadline = self.clock() + TURN
         for packet in packets:
-            if conn.generation != generation:
-                # The client left while its requests waited: don't do its work.
-                self.counters.add("stale_requests", len(packets) - done)
-                done = len(packets)
-                break
             if done and self.clock() > deadline:
                 break
             outcome = self.logic.handle(packet)
@@ -215,24 +198,29 @@ class Server(ServerLifecycle):
             done += 1
         if pinged:
             self._pinged(conn, generation)
-        if unanswered:
-            self.sendqueue.settle(conn, generation, unanswered)
-        return replies, done
+        if unanswered:  # dropped requests are resolved here, not by the send thread
+            with conn.lock:
+                stale = conn.closed or conn.generation != generation
+                finish = not stale and self.resolved(conn, unanswered)
+            if finish:
+                self.close_connection(conn, "peer closed, replies delivered", generation)
+        if replies:
+            self.sendqueue.put_many(replies)
+        return done
 
     # --8<-- [end:run_logic]
 
     # --8<-- [start:heartbeat]
     def _pinged(self, conn: Connection, generation: int) -> None:
         """A worker answered a valid ping: the client is alive. C++: _HandlePing sets
-        lastPingTime. Checked under the lock, so a worker that still runs a departed
-        client's ping can never refresh the next client of the same object."""
+        lastPingTime. Under the lock, so a worker still running a departed client's ping
+        never refreshes the next client of the same object."""
         with conn.lock:
             if conn.generation == generation:
                 conn.last_ping = self.clock()
 
     def _kick(self, conn: Connection, generation: int, why: str) -> None:
-        """Timer thread: the heartbeat check says this client must go (``silence`` or
-        ``timeout``)."""
+        """Timer thread: the heartbeat check says this client must go."""
         self.counters.add(f"kicks.{why}")
         log.info("%s:%d heartbeat %s: kicked", conn.addr[0], conn.addr[1], why)
         self.close_connection(conn, f"heartbeat: {why}", generation)
@@ -240,62 +228,56 @@ class Server(ServerLifecycle):
     # --8<-- [end:heartbeat]
 
     # --8<-- [start:send]
-    def arm_epollout(self, conn: Connection) -> None:
-        """Ask for EPOLLOUT: the send thread found the kernel buffer full. Called with
-        ``conn.lock`` held, from any thread (epoll_ctl itself is thread-safe).
-        C++: ngx_epoll_oper_event(fd, EPOLL_CTL_MOD, EPOLLOUT, 0, conn)."""
-        self.counters.add("epollout_armed")
-        self.loop.set_mask(conn, conn.mask | WRITE_EVENTS)
-
-    def resolved(self, conn: Connection, n: int) -> None:
-        """``n`` requests of ``conn`` were answered (or dropped); read from it again once
-        it is back under half its window. Called with ``conn.lock`` held, from any thread."""
+    def resolved(self, conn: Connection, n: int) -> bool:
+        """``n`` requests of ``conn`` were answered or dropped (any thread, ``conn.lock``
+        held); True when a half-closed client is owed nothing more."""
         conn.in_flight -= n
-        if conn.reading_paused and conn.in_flight <= RECV_WINDOW // 2:
-            conn.reading_paused = False
-            if not conn.peer_closed:
-                self.loop.set_mask(conn, conn.mask | READ_EVENTS)
+        self._update_mask(conn)
+        return conn.finished()
 
     def on_writable(self, conn: Connection) -> None:
-        """Finish what the send thread could not write. C++: ngx_write_request_handler.
-
-        Once the pending output is gone we drop EPOLLOUT again: level-triggered EPOLLOUT
-        on an idle socket would fire on every poll. (The original also posts the send
-        thread's semaphore here, because replies it skipped are still in its queue; ours
-        queued them behind ``conn.out`` already, so nothing is left to wake it for.)
-        """
-        finish = error = False
+        """Finish what the send thread could not write. C++: ngx_write_request_handler."""
         with conn.lock:
-            if conn.closed or not conn.waiting:
+            if conn.closed:
                 return
             try:
                 sent = conn.sock.send(conn.out)
             except BlockingIOError:
                 return
             except OSError:
-                sent, error = 0, True
-            if not error:
+                sent = -1
+            else:
                 del conn.out[:sent]
-                if not conn.out:
-                    conn.waiting = False
-                    conn.backlog = 0
-                    self.loop.set_mask(conn, conn.mask & ~WRITE_EVENTS)
-                    finish = conn.finished()
-        if error:
+                conn.sent_at = self.clock()  # it takes its replies: alive (see timers)
+                self._update_mask(conn)
+            finish = conn.finished()
+        if sent < 0:
             self.close_connection(conn, "send failed")
         elif finish:
             self.close_connection(conn, "peer closed, replies delivered")
+
+    def _update_mask(self, conn: Connection) -> None:
+        """Ask epoll for what the connection's state needs: EPOLLOUT while replies wait
+        (level-triggered EPOLLOUT on a drained socket would fire on every poll), EPOLLIN
+        unless the client sent its FIN or its replies wait. Not reading a client whose
+        replies pile up is backpressure: it is slowed to the pace it reads at, and costs
+        at most one read's worth of replies instead of growing ``out`` without bound."""
+        reading = not (conn.peer_closed or conn.out or conn.in_flight >= RECV_WINDOW)
+        if conn.out and not conn.mask & WRITE_EVENTS:
+            self.counters.add("epollout_armed")
+        self.loop.set_mask(
+            conn, (READ_EVENTS if reading else 0) | (WRITE_EVENTS if conn.out else 0)
+        )
 
     # --8<-- [end:send]
 
     def _on_peer_closed(self, conn: Connection) -> None:
         """recv() returned 0: the client sent FIN. It may be a half-close
-        (``shutdown(SHUT_WR)``) and the client still reads: requests still with the workers
-        or replies still pending are delivered first (the original drops them: reference
-        bug 5). We stop asking for EPOLLIN, which would now fire on every poll."""
+        (``shutdown(SHUT_WR)``) and the client still reads: the replies it is owed are
+        delivered first (the original drops them: reference bug 5)."""
         with conn.lock:
             conn.peer_closed = True
-            self.loop.set_mask(conn, conn.mask & ~READ_EVENTS)
+            self._update_mask(conn)
             finish = conn.finished()
         if finish:
             self.close_connection(conn, "peer closed")
@@ -304,31 +286,30 @@ class Server(ServerLifecycle):
 
     # --8<-- [start:close_connection]
     def close_connection(self, conn: Connection, why: str, generation: int | None = None) -> None:
-        """Close a client connection, from any thread, at most once. C++: zdClosesocketProc.
-
-        ``generation``, when given, is the generation the caller saw: if the connection
-        was closed (and perhaps reused) since, this is a stale request and does nothing.
-        Marking ``closed`` under the lock stops the send thread at once; the socket itself
-        is closed on the event loop's thread (``call_in_loop``).
-        """
+        """Close a client connection, from any thread, at most once; a stale ``generation``
+        does nothing. C++: zdClosesocketProc. Another thread only shuts the socket down: the
+        loop, woken by EPOLLHUP, releases it (closing the fd could reuse it mid-batch)."""
         with conn.lock:
             if conn.closed or (generation is not None and generation != conn.generation):
                 return
             conn.closed = True
-        self.loop.call_in_loop(self._release, conn, why)
+            log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
+            if not self.loop.in_loop_thread():
+                conn.sock.shutdown(socket.SHUT_RDWR)
+                return
+        self._release(conn)
 
-    def _release(self, conn: Connection, why: str) -> None:
-        """Event loop's thread: close the socket and retire the object."""
+    def _release(self, conn: Connection) -> None:
         if self.timers is not None:
             self.timers.remove(conn)  # C++: DeleteFromTimerQueue
         self.loop.forget(conn)
         conn.sock.close()
         self.counters.add("closed")
-        log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
-        self.pool.retire(conn)  # new generation: queued work and replies for it are stale
+        self.pool.retire(conn)  # new generation; reusable after the recycle wait
 
     # --8<-- [end:close_connection]
 
     def _close_everything(self) -> None:
         for conn in self.loop.clients():
-            self.close_connection(conn, "server shutting down")
+            conn.closed = True
+            self._release(conn)

@@ -1,8 +1,8 @@
 """One client connection and its handlers.
 
 C++: ngx_connection_s (fd, rhandler/whandler, the receive state, the pending send buffer,
-iCurrsequence, iThrowsendCount, the per-connection logic mutex, lastPingTime,
-FloodkickLastTime, FloodAttackCount).
+iCurrsequence, the per-connection logic mutex, lastPingTime, FloodkickLastTime,
+FloodAttackCount).
 """
 
 from __future__ import annotations
@@ -34,17 +34,13 @@ class Connection:
     :meth:`detach` takes it back. ``generation`` (C++: iCurrsequence) changes on both, so a
     reference that recorded ``(conn, generation)`` can tell when it has gone stale.
 
-    From chapter 4 on, three threads touch a connection (the event loop, a worker, the
-    send thread). ``lock`` guards the socket's writes and the send-side fields (``out``,
-    ``waiting``, ``backlog``, ``in_flight``, ``reading_paused``, ``closed``, ``mask``).
-    ``attach`` and ``detach`` need no lock: a connection is marked ``closed`` under the
-    lock before it is released, so no thread holding the lock still uses the client that
-    ``detach`` forgets, and ``attach`` only runs after the recycle wait.
+    Three threads touch a connection from chapter 4 on (loop, worker, send thread): ``lock``
+    guards its socket writes and shared fields. ``attach``/``detach`` need none: ``closed``
+    is set under it before a release, so no lock holder still uses a detached client.
     """
 
     __slots__ = (
         "addr",
-        "backlog",
         "closed",
         "fd",
         "flood_count",
@@ -58,18 +54,17 @@ class Connection:
         "out",
         "parser",
         "peer_closed",
-        "reading_paused",
         "rhandler",
+        "sent_at",
         "sock",
         "timer_entry",
-        "waiting",
         "whandler",
     )
 
     def __init__(self) -> None:
         self.generation = 0
         self.lock = threading.Lock()
-        self.inbox: Inbox | None = None  # this client's packets waiting for a worker
+        self.inbox: Inbox | None = None  # its packets waiting for a worker (workers.py)
         self.sock: socket.socket | None = None
         self.fd = -1
         self.addr = ("", 0)
@@ -102,21 +97,14 @@ class Connection:
         self.parser = PacketParser()
         self.out = bytearray()  # replies the kernel would not take yet (C++: psendbuf/isendlen)
         self.mask = 0  # the epoll events it is registered for
-        self.waiting = False  # kernel buffer full, EPOLLOUT armed (C++: iThrowsendCount > 0)
-        self.backlog = 0  # replies queued behind `out` while waiting
-        self.in_flight = 0  # requests with the workers or the send queue, not yet answered
-        self.reading_paused = False  # too many requests in flight: EPOLLIN is off for now
-        self.last_ping = 0.0  # clock time of the last valid ping (C++: lastPingTime)
-        self.timer_entry: Entry | None = None  # this client's entry in the heartbeat queue
-        self.flood_last = -math.inf  # arrival of the previous packet (C++: FloodkickLastTime)
+        self.in_flight = 0  # requests read and not yet answered (written or dropped)
+        self.last_ping = 0.0  # clock time of its last valid ping (C++: lastPingTime)
+        self.sent_at = 0.0  # clock time the kernel last took its waiting replies
+        self.timer_entry: Entry | None = None  # its entry in the heartbeat queue
+        self.flood_last = -math.inf  # arrival of its previous packet (C++: FloodkickLastTime)
         self.flood_count = 0  # consecutive too-close packets (C++: FloodAttackCount)
         self.peer_closed = False  # the client sent FIN; we still owe it the replies in `out`
         self.closed = False
-
-    def finished(self) -> bool:
-        """The client half-closed and is owed nothing more: time to close (call with
-        ``lock`` held)."""
-        return self.peer_closed and self.in_flight == 0 and not self.waiting
 
     def detach(self) -> None:
         """Forget the client; the object may be reused later. C++: the retirement half of
@@ -127,9 +115,12 @@ class Connection:
         self.out = bytearray()
         self.closed = True
 
+    def finished(self) -> bool:
+        """The client half-closed and is owed nothing more: time to close."""
+        return self.peer_closed and not self.out and self.in_flight == 0
+
 
 # --8<-- [end:connection]
 
-# A reply on its way to a client: the connection, the generation it was computed for (so
-# it is dropped if that client left meanwhile) and the bytes.
+# A reply on its way: connection, the generation it is for (stale: dropped), bytes.
 Reply = tuple[Connection, int, bytes]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from sortedcontainers import SortedList
 
 from common.config import Config
+from common.lifecycle import join_thread
 
 from .connection import Connection
 
@@ -49,7 +50,7 @@ class HeartbeatTimers:
     ``on_kick(conn, generation, why)`` outside the lock for those that must go.
     """
 
-    COUNTERS = ("kicks.silence", "kicks.timeout")
+    COUNTERS = ("kicks.silence", "kicks.send_stall", "kicks.timeout")
 
     def __init__(
         self,
@@ -134,12 +135,18 @@ class HeartbeatTimers:
 
     def verdict(self, conn: Connection, now: float) -> str | None:
         """Why ``conn`` must be kicked at this check, if it must.
-        C++: CLogicSocket::procPingTimeOutChecking."""
+        C++: CLogicSocket::procPingTimeOutChecking.
+
+        A client is alive while it pings, or, when its replies wait, while it takes them:
+        its pings wait unread behind those replies (the server stops reading a client whose
+        output waits), so a slow reader is never taken for a silent one. One that has done
+        neither for ``ping_timeout`` goes: ``send_stall`` if replies wait for it (it stopped
+        reading), else ``silence``."""
         if not self.rearm:
             return "timeout"  # Sock_TimeOutKick = 1: every connection, at its first check
-        if now - conn.last_ping > self.ping_timeout:
-            return "silence"
-        return None
+        if now - max(conn.last_ping, conn.sent_at) <= self.ping_timeout:
+            return None
+        return "send_stall" if conn.out else "silence"
 
     def __len__(self) -> int:
         with self._cond:
@@ -175,9 +182,7 @@ class HeartbeatTimers:
             self._cond.notify_all()
             self._entries.clear()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                log.error("the timer thread did not stop within 5 s")
+            join_thread(self._thread)
 
 
 # --8<-- [end:timers]

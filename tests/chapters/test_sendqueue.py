@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import threading
+import time
 
 import pytest
 
 from common.logic import UserStore
 from common.protocol import PING_PACKET, Login, MsgCode, Register, Status, encode_packet
+from common.stats import Counters
 from tests.conftest import (
+    CHAPTERS,
     assert_closed_by_server,
+    load_chapter,
     recv_exactly,
     recv_until_eof,
     reset,
@@ -61,8 +66,9 @@ def _mixed_stream(n: int) -> tuple[bytes, bytes]:
 
 
 def test_slow_reader_with_tiny_buffer_gets_everything_in_order(serve):
-    """Partial writes and EPOLLOUT are exercised: the server's writes stop fitting."""
-    srv = serve(Sock_SendBacklogLimit=1_000_000, Sock_SendBufferSize=4096)
+    """A client that keeps reading, however slowly, is never kicked: it gets every reply,
+    in order, though its replies waited for EPOLLOUT many times (shipped limits)."""
+    srv = serve(Sock_SendBufferSize=4096)
     request, want = _mixed_stream(20000)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
@@ -76,49 +82,76 @@ def test_slow_reader_with_tiny_buffer_gets_everything_in_order(serve):
             chunk = sock.recv(512)  # small reads: the reader is slower than the server
             assert chunk, f"server closed after {len(got)} of {len(want)} bytes"
             got += chunk
+        assert srv.stats()["closed"] == 0
     finally:
         sender.join(timeout=30)
         sock.close()
     assert bytes(got) == want
     assert srv.stats()["epollout_armed"] > 0
-    assert srv.stats()["kicks"]["send_backlog"] == 0
 
 
-def test_client_that_never_reads_is_kicked_and_others_unaffected(serve):
-    srv = serve()  # the original's 400
+def test_fast_pipelining_reader_with_small_send_buffer_is_never_kicked(serve):
+    """The case that kicked well-behaved clients (a reply batch larger than a per-client
+    limit, landing while the kernel buffer was full): logins pipelined by the thousand,
+    read as fast as they come."""
+    srv = serve(Sock_SendBufferSize=4096)
+    names = [f"nobody{i}" for i in range(3000)]
+    request = b"".join(login_packet(name, "x") for name in names)
+    want = b"".join(login_reply(Status.NO_USER, name) for name in names)
+    with srv.raw(timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(request,), daemon=True)
+        sender.start()
+        assert recv_exactly(sock, len(want)) == want
+        sender.join(timeout=30)
+        assert srv.stats()["closed"] == 0
+    assert srv.stats()["epollout_armed"] > 0
+
+
+def _fill_until_blocked(hog: socket.socket, give_up: float = 20.0) -> None:
+    """Send pings without reading until the server stops reading us: our sends block
+    for a whole second (the kernel buffers on both sides are full)."""
+    import time
+
+    hog.setblocking(False)
+    burst = PING_PACKET * 8192
+    pending = memoryview(burst)
+    deadline = time.monotonic() + give_up
+    blocked_since = None
+    while time.monotonic() < deadline:
+        try:
+            sent = hog.send(pending)  # keep the stream whole: a cut packet is malformed
+            pending = pending[sent:] or memoryview(burst)
+            blocked_since = None
+        except BlockingIOError:
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since > 1.0:
+                return
+            threading.Event().wait(0.01)
+    raise AssertionError("the server kept reading a client that never reads")
+
+
+def test_client_that_never_reads_is_throttled_with_bounded_memory(serve):
+    """Backpressure: a client that never reads gets its requests read no more once its
+    replies wait, so what the server holds for it stays bounded, and others are served."""
+    srv = serve()
     hog = socket.socket()
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     hog.settimeout(30)
     hog.connect((srv.host, srv.port))
-    hog.setblocking(False)
-    burst = PING_PACKET * 8192
-    kicked = threading.Event()
-
-    def flood() -> None:
-        import time
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not kicked.is_set():
-            try:
-                hog.send(burst)
-            except BlockingIOError:
-                threading.Event().wait(0.01)  # our own send buffer is full; try again
-            except OSError:
-                return  # reset by the server: kicked
-
-    pumper = threading.Thread(target=flood, daemon=True)
-    pumper.start()
-    with srv.raw() as other:
-        for _ in range(100):
-            other.sendall(PING_PACKET)
-            assert recv_exactly(other, 8) == PING_PACKET
-    wait_until(lambda: srv.stats()["kicks"]["send_backlog"] == 1, timeout=20)
-    kicked.set()
-    pumper.join(timeout=30)
-    hog.close()
-    with srv.raw() as other:
-        other.sendall(PING_PACKET)
-        assert recv_exactly(other, 8) == PING_PACKET
+    try:
+        _fill_until_blocked(hog)
+        with srv.raw() as other:
+            for _ in range(100):
+                other.sendall(PING_PACKET)
+                assert recv_exactly(other, 8) == PING_PACKET
+            stats = srv.stats()
+        assert stats["waiting_epollout"] == 1
+        # At most a receive window of requests, plus what one 64 KiB read parsed.
+        assert stats["unsent_bytes"] <= (1024 + 65536 // 8) * 8
+        assert stats["queues"]["receive"] <= 1024 + 65536 // 8
+        assert stats["online"] == 2 and stats["closed"] == 0  # throttled, not kicked
+    finally:
+        hog.close()
 
 
 @pytest.mark.parametrize("n", [500, 2000, 4000])
@@ -129,7 +162,7 @@ def test_pipelined_burst_from_a_reading_client_is_never_kicked(serve, n):
     with srv.raw(timeout=30) as sock:
         sock.sendall(request)
         assert recv_exactly(sock, len(want)) == want
-    assert srv.stats()["kicks"]["send_backlog"] == 0
+        assert srv.stats()["closed"] == 0
 
 
 def test_reply_for_a_closed_connection_never_reaches_the_new_owner(serve):
@@ -186,17 +219,20 @@ def test_half_close_while_a_request_is_with_the_workers(serve):
         assert recv_until_eof(sock) == want
 
 
-def test_global_send_queue_limit_drops_and_counts(serve):
-    srv = serve(Sock_SendQueueLimit=1, ProcMsgRecvWorkThreadCount=1)
-    with srv.raw(timeout=30) as sock:
-        sock.sendall(PING_PACKET * 2000)
-        sock.shutdown(socket.SHUT_WR)
-        got = recv_until_eof(sock)
-    # Some replies were dropped at the queue (counted), all others arrived intact, and the
-    # connection still closed cleanly after the half-close.
-    dropped = srv.stats()["replies_dropped"]["queue_full"]
-    assert dropped > 0
-    assert got == PING_PACKET * (2000 - dropped)
+def test_tiny_send_queue_loses_nothing(serve):
+    """The send queue is bounded (``Sock_SendQueueLimit``), but a full queue makes the
+    workers wait instead of dropping replies, as the original does past 50000."""
+    srv = serve(Sock_SendQueueLimit=1, ProcMsgRecvWorkThreadCount=2)
+    socks = [srv.raw(timeout=30) for _ in range(4)]
+    try:
+        for sock in socks:
+            sock.sendall(PING_PACKET * 2000)
+            sock.shutdown(socket.SHUT_WR)
+        for sock in socks:
+            assert recv_until_eof(sock) == PING_PACKET * 2000
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_counters_lose_no_updates_under_concurrency(serve):
@@ -250,33 +286,35 @@ def test_shutdown_under_load_leaves_no_thread_running(serve):
     assert leftover == []
 
 
-def test_kicked_client_sees_the_connection_closed(serve):
-    srv = serve(Sock_SendBacklogLimit=1)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    sock.settimeout(30)
-    sock.connect((srv.host, srv.port))
+@pytest.mark.features("timers")
+def test_client_that_stops_reading_is_kicked_by_the_heartbeat(serve):
+    """From chapter 5: a client whose replies wait and that takes no byte of them for the
+    heartbeat's timeout is kicked as ``send_stall`` (its pings wait unread behind them),
+    and sees the connection closed."""
+    srv = serve(Sock_WaitTimeEnable=1, Sock_MaxWaitTime=0.2, Sock_PingGraceTime=0.2)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    hog.settimeout(30)
+    hog.connect((srv.host, srv.port))
     try:
-        sock.setblocking(False)
+        hog.setblocking(False)
         pace = threading.Event()
 
         def kicked() -> bool:
-            # Keep sending while never reading: replies pile up behind the full buffer.
-            # (A client that stops sending holds at most one batch of replies; it is not
-            # kicked for that, and from chapter 5 the heartbeat reaps it.)
             try:
-                sock.send(PING_PACKET * 1024)
+                hog.send(PING_PACKET * 1024)  # keep the replies coming; never read
             except BlockingIOError:
                 pace.wait(0.01)
             except OSError:
                 pass  # reset: the kick already happened
-            return srv.stats()["kicks"]["send_backlog"] == 1
+            return srv.stats()["kicks"]["send_stall"] == 1
 
         wait_until(kicked, timeout=20)
-        sock.setblocking(True)
-        assert_closed_by_server(sock)
+        hog.setblocking(True)
+        assert_closed_by_server(hog)
+        assert srv.stats()["kicks"]["silence"] == 0
     finally:
-        sock.close()
+        hog.close()
 
 
 class SlowStore(UserStore):
@@ -319,3 +357,65 @@ def test_a_client_pipelining_slow_requests_does_not_starve_others(serve):
         assert bytes(waiting) + rest == b"".join(
             register_reply(Status.OK, f"g{i}") for i in range(1, 40)
         )
+
+
+# -- unit: the send queue on its own -------------------------------------------------------
+
+SENDQUEUE_CHAPTERS = [c for c in CHAPTERS if "sendqueue" in load_chapter(c).FEATURES]
+
+
+@pytest.fixture(params=SENDQUEUE_CHAPTERS)
+def sendqueue_modules(request):
+    return (
+        importlib.import_module(f"chapters.{request.param}.sendqueue"),
+        importlib.import_module(f"chapters.{request.param}.connection"),
+    )
+
+
+class GatedServer:
+    """The two calls the send thread makes on the server; ``resolved`` waits at a gate,
+    so the send thread is held inside a write for as long as the test wants."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.closed: list[str] = []
+
+    def resolved(self, conn, n: int) -> bool:
+        self.entered.set()
+        assert self.gate.wait(10), "gate never opened"
+        return False
+
+    def close_connection(self, conn, why: str, generation=None) -> None:
+        self.closed.append(why)
+
+
+def test_full_send_queue_makes_the_producer_wait_then_delivers_in_order(sendqueue_modules):
+    sendqueue_mod, connection_mod = sendqueue_modules
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(10)
+    conn = connection_mod.Connection().attach(ours, ("test", 0), print, print)
+    gen = conn.generation
+    server = GatedServer()
+    counters = Counters(sendqueue_mod.SendQueue.COUNTERS, ["replies_out"])
+    queue = sendqueue_mod.SendQueue(2, server, counters)
+    try:
+        queue.put_many([(conn, gen, b"1")])
+        assert server.entered.wait(10)  # the send thread wrote "1" and is held
+        queue.put_many([(conn, gen, b"2"), (conn, gen, b"3")])  # the queue is full
+        waiter = threading.Thread(target=queue.put_many, args=([(conn, gen, b"4")],))
+        waiter.start()
+        wait_until(lambda: counters.get("send_queue_full") == 1)
+        assert queue.size == 2 and waiter.is_alive()  # it waits: nothing was dropped
+        server.gate.set()
+        waiter.join(timeout=10)
+        assert not waiter.is_alive()
+        assert recv_exactly(theirs, 4) == b"1234"
+        assert server.closed == []
+    finally:
+        server.gate.set()
+        queue.close()
+        ours.close()
+        theirs.close()

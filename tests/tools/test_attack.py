@@ -292,13 +292,24 @@ def test_held_connections_stay_open_without_heartbeat(chapter, serve, tool):
 
 
 @pytest.mark.features("sendqueue")
-def test_slow_reader_is_kicked(serve):
+def test_slow_reader_is_throttled_then_gets_everything(serve):
+    """Chapter 4 on: a client that does not read is not kicked but throttled (the server
+    stops reading its requests while its replies wait), and loses nothing."""
     srv = serve()
+    report = run_slow_reader(srv.host, srv.port, count=60_000, duration=3, request="login")
+    assert not report.kicked, report.verdict()
+    assert report.replies_read == report.requests_sent
+
+
+@pytest.mark.features("timers")
+def test_slow_reader_is_kicked_by_the_heartbeat(serve):
+    """Chapter 5 on: one that takes none of its waiting replies for the heartbeat's
+    timeout is kicked (``kicks.send_stall``)."""
+    srv = serve(Sock_WaitTimeEnable=1, Sock_MaxWaitTime=0.2, Sock_PingGraceTime=0.2)
     report = run_slow_reader(srv.host, srv.port, count=60_000, duration=15, request="login")
     assert report.kicked, report.verdict()
     assert report.elapsed < 15  # the kick, not the time limit, ended it
-    # a kicked reader finds at most what the kernel buffers held, never every reply
-    assert report.replies_read < report.requests_sent
+    wait_until(lambda: srv.stats()["kicks"]["send_stall"] == 1)
 
 
 def test_slow_reader_not_kicked_before_the_send_queue(chapter, serve):
