@@ -164,9 +164,11 @@ def recently_moved(history: History, key: str, seconds: float = RECENT_SECONDS) 
 
 
 def human(n: float | None, *, decimals: bool = False) -> str:
-    """A number in at most 6 characters: 987, 12.5k, 3.4M; "-" for unknown."""
+    """A number in at most 6 characters: 987, 12.5k, 3.4M, 1.2G; "-" for unknown."""
     if n is None:
         return "-"
+    if abs(n) >= 999_950_000:
+        return f"{n / 1_000_000_000:.1f}G"
     if abs(n) >= 999_950:
         return f"{n / 1_000_000:.1f}M"
     if abs(n) >= 99_950:
@@ -388,12 +390,16 @@ def _connections(history: History, limit: int | None) -> PanelSpec:
     # The limit means something only where the chapter enforces it: chapter 3 on, which
     # then counts refused.online_limit. (Chapter 1 serves one client at a time by design.)
     enforced = bool(limit) and value(stats, "refused.online_limit") is not None
-    cpp = [("online", "m_onlineUserCount")]
+    cpp = [("online", "m_onlineUserCount")] if online is not None else []
     if enforced:
         cpp.append(("limit", "m_worker_connections"))
-    cpp += [("accepted", "ngx_event_accept"), ("closed", "ngx_close_connection")]
-    if value(stats, "waiting_epollout") is not None:
-        cpp.append(("EPOLLOUT", "iThrowsendCount>0"))
+    for key, name in (
+        ("accepted", "ngx_event_accept"),
+        ("closed", "ngx_close_connection"),
+        ("waiting_epollout", "iThrowsendCount>0"),
+    ):
+        if value(stats, key) is not None:
+            cpp.append(("EPOLLOUT" if key == "waiting_epollout" else key, name))
 
     def build(inner: int, max_rows: int) -> list[Text]:
         lw = 9
@@ -420,27 +426,31 @@ def _connections(history: History, limit: int | None) -> PanelSpec:
 
 def _pool(history: History) -> PanelSpec:
     stats = history.latest
-    free = value(stats, "pool.free") or 0
-    total = value(stats, "pool.total") or 0
-    recycling = value(stats, "pool.recycling") or 0
-    # Three reads of three lists, not one atomic snapshot: they can disagree for an
-    # instant, so "in use" is never shown below zero.
-    in_use = max(0, total - free - recycling)
-    parts = [(in_use, "█", "cyan"), (recycling, "▒", "yellow"), (free, "░", "dim")]
-    cpp = [
-        ("free", "m_freeconnectionList"),
-        ("recycling", "m_recyconnectionList"),
-        ("total", "m_connectionList"),
-    ]
+    free = value(stats, "pool.free")
+    total = value(stats, "pool.total")
+    recycling = value(stats, "pool.recycling")
+    parts: list[tuple[str, float | None, str, str]] = []
+    if free is not None and total is not None and recycling is not None:
+        # Three reads of three lists, not one atomic snapshot: they can disagree for an
+        # instant, so "in use" is never shown below zero.
+        parts.append(("in use", max(0, total - free - recycling), "█", "cyan"))
+    parts += [("recycling", recycling, "▒", "yellow"), ("free", free, "░", "dim")]
+    parts = [part for part in parts if part[1] is not None]
+    names = {"free": "m_freeconnectionList", "recycling": "m_recyconnectionList"}
+    cpp = [(label, names[label]) for label, *_ in parts if label in names]
+    if total is not None:
+        cpp.append(("total", "m_connectionList"))
 
     def build(inner: int, max_rows: int) -> list[Text]:
         lw = 9
         rows = [
             _row(label, human(n), Text(char, style=style), inner=inner, lw=lw)
-            for label, (n, char, style) in zip(("in use", "recycling", "free"), parts, strict=True)
+            for label, n, char, style in parts
         ]
-        bar = stacked_bar(parts, total, inner - lw - 9)
-        rows.append(_row("total", human(total), bar, inner=inner, lw=lw))
+        if total is not None:
+            shares = [(n or 0, char, style) for _, n, char, style in parts]
+            bar = stacked_bar(shares, total, inner - lw - 9)
+            rows.append(_row("total", human(total), bar, inner=inner, lw=lw))
         return _fit(rows, max_rows, inner)
 
     return PanelSpec("Pool", 30, build, cpp)
@@ -454,7 +464,8 @@ def _throughput(history: History) -> PanelSpec:
         for key, label in (("packets_in", "packets in"), ("replies_out", "replies out"))
         if value(stats, key) is not None
     ]
-    cpp = [("packets in", "ngx_read_request_handler"), ("replies out", "msgSend")]
+    names = {"packets_in": "ngx_read_request_handler", "replies_out": "msgSend"}
+    cpp = [(label, names[key]) for key, label in figures]
 
     def build(inner: int, max_rows: int) -> list[Text]:
         lw = 11
@@ -470,7 +481,7 @@ def _throughput(history: History) -> PanelSpec:
             rows.append(line)
         return _fit(rows, max_rows, inner)
 
-    return PanelSpec("Throughput, last 60 s", 45, build, cpp[: len(figures)])
+    return PanelSpec("Throughput, last 60 s", 45, build, cpp)
 
 
 def _queues(history: History) -> PanelSpec:
@@ -552,7 +563,8 @@ def panels(history: History, limit: int | None = None) -> list[PanelSpec]:
         out.append(
             _counts("Defences", history, defences, DEFENCES, f"none fired yet; armed: {watched}")
         )
-    out.append(_throughput(history))
+    if any(value(stats, key) is not None for key in ("packets_in", "replies_out")):
+        out.append(_throughput(history))
     if any(value(stats, key) is not None for key in ("queues.receive", "queues.send")):
         out.append(_queues(history))
     out.append(_counts("Drops", history, drop_keys(stats), DROPS, "nothing dropped"))
