@@ -231,17 +231,19 @@ def meter(used: float, total: float, width: int) -> Text:
 
 
 def stacked_bar(parts: Sequence[tuple[float, str, str]], total: float, width: int) -> Text:
-    """One bar of ``width`` characters split between ``(amount, char, style)`` parts."""
+    """One bar of ``width`` characters split between ``(amount, char, style)`` parts, in
+    proportion (each part ends where its running total, rounded, ends: the widths always
+    add up, so the bar never overflows)."""
     text = Text()
     if width <= 0 or total <= 0:
         return text
-    left = width
+    done = 0.0
+    end_before = 0
     for amount, char, style in parts:
-        n = min(left, round(amount / total * width))
-        if amount > 0:
-            n = max(1, min(left, n))
-        text.append(char * n, style=style)
-        left -= n
+        done += max(0.0, amount)
+        end = min(width, round(done / total * width))
+        text.append(char * max(0, end - end_before), style=style)
+        end_before = max(end_before, end)
     return text
 
 
@@ -472,7 +474,7 @@ def _throughput(history: History) -> PanelSpec:
         rows = []
         for key, label in figures:
             per_s = f"{human(rate(history, key), decimals=True)}/s"
-            spark = sparkline(rate_series(history, key), inner - lw - 9, now)
+            spark = sparkline(rate_series(history, key), inner - lw - 9, now, history.seconds)
             rows.append(_row(label, per_s, spark, inner=inner, lw=lw))
         totals = [f"{human(value(stats, key))} {label.split()[0]}" for key, label in figures]
         if totals:
@@ -481,7 +483,7 @@ def _throughput(history: History) -> PanelSpec:
             rows.append(line)
         return _fit(rows, max_rows, inner)
 
-    return PanelSpec("Throughput, last 60 s", 45, build, cpp)
+    return PanelSpec(f"Throughput, last {history.seconds:g} s", 45, build, cpp)
 
 
 def _queues(history: History) -> PanelSpec:
@@ -504,7 +506,7 @@ def _queues(history: History) -> PanelSpec:
         lw = 8
         rows = []
         for key, label, _ in figures:
-            spark = sparkline(gauge_series(history, key), inner - lw - 9, now)
+            spark = sparkline(gauge_series(history, key), inner - lw - 9, now, history.seconds)
             rows.append(_row(label, human(value(stats, key)), spark, inner=inner, lw=lw))
         if moved:
             flow = Text(", ".join(f"{f.label} {human(value(stats, f.key))}x" for f in moved))
@@ -513,7 +515,7 @@ def _queues(history: History) -> PanelSpec:
             rows.append(flow)
         return _fit(rows, max_rows, inner)
 
-    return PanelSpec("Queues, last 60 s", 45, build, cpp)
+    return PanelSpec(f"Queues, last {history.seconds:g} s", 45, build, cpp)
 
 
 def _counts(
@@ -615,15 +617,20 @@ def _header(title: str, address: str | None, history: History, width: int) -> Te
 
 def _footer(specs: list[PanelSpec], width: int, lines: int) -> list[Text]:
     """The C++ name of every figure on the screen, as many lines as there is room for.
-    A "figure name" pair is never split across lines."""
-    units = []
+    Figures with the same C++ name share it ("accepted/online limit ngx_event_accept");
+    a "figures name" unit is never split across lines."""
+    by_cpp: dict[str, list[str]] = {}
     for spec in specs:
         for label, cpp in spec.cpp:
-            unit = Text(label, style="dim")
-            unit.append(" ")
-            unit.append(cpp, style="cyan")
-            unit.truncate(width - 2, overflow="ellipsis")
-            units.append(unit)
+            if label not in by_cpp.setdefault(cpp, []):
+                by_cpp[cpp].append(label)
+    units = []
+    for cpp, labels in by_cpp.items():
+        unit = Text("/".join(labels), style="dim")
+        unit.append(" ")
+        unit.append(cpp, style="cyan")
+        unit.truncate(width - 2, overflow="ellipsis")
+        units.append(unit)
     out: list[Text] = []
     line = Text("C++: ", style="bold")
     for unit in units:
