@@ -15,21 +15,19 @@ snapshots, so ``stats()`` stays a plain bag of counters and the chapters know no
 the screen. The panels are chosen from the keys the running chapter's ``stats()`` has,
 so each chapter shows only what it has, and a key a chapter lacks is simply not drawn:
 
-========== ==================================================== ==========
-panel      figures (``stats()`` keys)                           chapter
-========== ==================================================== ==========
-connections ``online`` (against ``worker_connections`` once     1
-           ``refused.online_limit`` exists), ``accepted`` and
-           ``closed`` per second, ``waiting_epollout``
-throughput ``packets_in`` and ``replies_out`` per second         1
-drops      each non-zero ``drops.*``, ``malformed``,             1
-           ``stale_events``, ``stale_requests``,
-           ``replies_dropped.{stale,kicked}``, ``accept_errors.*``
-pool       ``pool.{free,total,recycling}``                       3
-defences   each ``refused.*``, ``kicks.*`` and                   3
-           ``replies_dropped.queue_full`` once it has fired
-queues     ``queues.{receive,send,timers}``                      4
-========== ==================================================== ==========
+* Connections (chapter 1 on): ``online``, against ``worker_connections`` where the
+  chapter enforces it (it then counts ``refused.online_limit``); ``accepted`` and
+  ``closed`` per second; ``waiting_epollout``.
+* Throughput (1 on): ``packets_in`` and ``replies_out`` per second, with sparklines.
+* Drops (1 on): each non-zero ``drops.*``, ``malformed``, ``stale_events``,
+  ``stale_requests``, ``replies_dropped.stale`` / ``.kicked``, ``accept_errors.*``.
+* Pool (3 on): ``pool.free``, ``pool.recycling``, ``pool.total`` and what is in use.
+* Defences (3 on): each ``refused.*``, ``kicks.*`` and ``replies_dropped.queue_full``
+  once it has fired, in red while it moves.
+* Queues (4 on): ``queues.receive``, ``.send``, ``.timers`` with sparklines, and the flow
+  control counts (``reading_paused``, ``epollout_armed``, ``half_closed``) once moved.
+
+A footer names the C++ counterpart of every figure on the screen.
 """
 
 from __future__ import annotations
@@ -102,14 +100,6 @@ def value(stats: Mapping[str, object], key: str) -> float | None:
     if isinstance(node, bool) or not isinstance(node, int | float):
         return None
     return node
-
-
-def _children(stats: Mapping[str, object], group: str) -> list[str]:
-    """The dotted keys under ``group`` (``"kicks"`` -> ``["kicks.flood", ...]``)."""
-    node = stats.get(group)
-    if not isinstance(node, Mapping):
-        return []
-    return [f"{group}.{name}" for name in node if value(stats, f"{group}.{name}") is not None]
 
 
 def rate(history: History, key: str) -> float | None:
