@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from common.config import DEFAULT_CONFIG, Config, ConfigError
 from common.log import parse_level, setup_logging
@@ -62,7 +62,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--dashboard",
         action="store_true",
-        help="show the server's counters live, refreshed once a second",
+        help="watch the server live, redrawn once a second: connections, pool, queues, "
+        "throughput, defences and drops, with rates and the last minute as sparklines; "
+        "its footer names each figure's C++ counterpart (printTDInfo's)",
     )
     return parser
 
@@ -152,7 +154,7 @@ def serve(
     thread.start()
     try:
         if getattr(args, "dashboard", False):
-            _run_dashboard(server, title, stop)
+            _run_dashboard(server, title, stop, config)
         else:
             # A timed wait, so the main thread returns to the interpreter often enough to run
             # the signal handler promptly.
@@ -173,14 +175,33 @@ def serve(
     return 0
 
 
-def _run_dashboard(server: ServerLike, title: str, stop: threading.Event) -> None:
+def _run_dashboard(
+    server: ServerLike, title: str, stop: threading.Event, config: Config | None = None
+) -> None:
+    """Redraw the dashboard once a second until ``stop`` is set. C++: printTDInfo, which
+    the original prints every ten seconds."""
     from rich.live import Live
 
-    from common.dashboard import render
+    from common.dashboard import History, render
 
-    with Live(render(server.stats(), title), refresh_per_second=1, screen=False) as live:
+    console = Console()
+    history = History()
+    try:
+        limit = config.get_int("worker_connections") if config is not None else None
+    except ConfigError:
+        limit = None  # a chapter that needs the key has already refused to start
+    addresses = getattr(server, "addresses", None) or []
+    address = ", ".join(f"{host}:{port}" for host, port in addresses)
+
+    def frame() -> RenderableType:
+        history.add(server.stats())
+        # Read the size every time: the reader may resize the terminal while it runs.
+        width, height = console.size
+        return render(history, title, limit=limit, address=address, width=width, height=height)
+
+    with Live(frame(), console=console, auto_refresh=False) as live:
         while not stop.wait(1.0):
-            live.update(render(server.stats(), title))
+            live.update(frame(), refresh=True)
 
 
 def run(package: str) -> None:

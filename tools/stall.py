@@ -39,6 +39,7 @@ from tools import chapters as ch
 from tools.bench.target import BenchError, ServerSettings
 from tools.bench.target import ServerProcess as BenchServer
 from tools.client import Client, login_packet, ping_packet, register_packet
+from tools.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -47,7 +48,9 @@ PING_INTERVAL = 0.020
 USERNAME = "stall"
 PASSWORD = "stall-password"
 
-Progress = Callable[[str], None]
+# progress(what is running now, seconds of the run done): a run lasts ``baseline +
+# duration`` seconds once its server is up.
+Progress = Callable[[str, float], None]
 
 
 class StallError(Exception):
@@ -224,6 +227,15 @@ def _register(port: int, timeout: float) -> None:
         raise StallError(f"register answered {status} instead of OK")
 
 
+def _keep_time(seconds: float, report: Callable[[float], None]) -> None:
+    """Sleep ``seconds``, calling ``report(seconds done)`` about ten times a second."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        report(seconds - left)
+        time.sleep(min(0.1, left))
+    report(seconds)
+
+
 def resolve_chapter(ref: str) -> str:
     """``3``, ``03``, ``03_pool`` or ``chapters/03_pool`` -> ``03_pool``."""
     try:
@@ -245,12 +257,13 @@ def run_stall(
 ) -> StallResult:
     """Run the experiment once against ``chapter`` (a name ``tools.chapters.resolve``
     understands: ``3``, ``03``, ``03_pool``)."""
-    say = progress or (lambda _text: None)
+    say = progress or (lambda _what, _done: None)
     name = resolve_chapter(chapter)
     result = StallResult(name, duration, login_clients, iterations, workers)
+    say(f"{name}: starting the server", 0.0)
     with ServerProcess(name, iterations, workers) as server:
         assert server.port is not None
-        say(f"{name}: listening on {HOST}:{server.port}; registering one user")
+        say(f"{name}: registering one user", 0.0)
         _register(server.port, timeout)
         shared = _Shared()
         clients: list[Client] = []
@@ -269,12 +282,16 @@ def run_stall(
             for thread in threads:
                 thread.daemon = True
                 thread.start()
-            say(f"{name}: baseline, pings alone for {baseline:g} s")
-            time.sleep(baseline)  # the threads measure; this thread only keeps the clock
+            # The threads measure; this thread only keeps the clock (and the progress bar).
+            _keep_time(baseline, lambda done: say(f"{name}: baseline, pings alone", done))
             load_start = time.monotonic()
             shared.go.set()
-            say(f"{name}: {login_clients} login clients and the pinger for {duration:g} s")
-            time.sleep(duration)
+            _keep_time(
+                duration,
+                lambda done: say(
+                    f"{name}: {login_clients} clients log in, one pings", baseline + done
+                ),
+            )
             load_end = time.monotonic()
             shared.stop.set()
             # Round trips in flight finish (a ping caught behind a login is the sample that
@@ -439,6 +456,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_all(names: Sequence[str], args: argparse.Namespace, console: Console) -> list[StallResult]:
+    """Run the experiment on each chapter in turn, with a progress bar on ``console``
+    (what runs now and the time left; nothing at all when it is not a terminal)."""
+    results = []
+    total = args.baseline + args.duration
+    with progress_bar(console) as bar:
+        tasks = {name: bar.add_task(name, total=total) for name in names}
+        for name in names:
+            task = tasks[name]
+            results.append(
+                run_stall(
+                    name,
+                    duration=args.duration,
+                    login_clients=args.login_clients,
+                    iterations=args.iterations,
+                    workers=args.workers,
+                    baseline=args.baseline,
+                    timeout=args.timeout,
+                    # refresh: drawn at each report (ten a second), not at the bar's own
+                    # pace, so a short phase is never skipped.
+                    progress=lambda what, done, task=task: bar.update(
+                        task, description=what, completed=done, refresh=True
+                    ),
+                )
+            )
+            bar.update(task, description=f"{name}: done", completed=total)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -449,19 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     results: list[StallResult] = []
     try:
-        for name in names:
-            results.append(
-                run_stall(
-                    name,
-                    duration=args.duration,
-                    login_clients=args.login_clients,
-                    iterations=args.iterations,
-                    workers=args.workers,
-                    baseline=args.baseline,
-                    timeout=args.timeout,
-                    progress=lambda text: err.print(f"[dim]{text}[/]", highlight=False),
-                )
-            )
+        results = run_all(names, args, err)
     except StallError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1

@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import ROOT
+from tools import stall
 from tools.stall import StallResult, main, percentile, render, run_stall
 
 
@@ -30,10 +31,29 @@ def test_percentile_is_a_measured_value():
 
 @pytest.mark.slow
 def test_short_run_on_chapter_4_counts_pings_and_logins():
+    seen: list[tuple[str, float]] = []
     result = run_stall(
-        "04_sendqueue", duration=1.0, login_clients=2, iterations=1000, baseline=0.5, timeout=10
+        "04_sendqueue",
+        duration=1.0,
+        login_clients=2,
+        iterations=1000,
+        baseline=0.5,
+        timeout=10,
+        progress=lambda what, done: seen.append((what, done)),
     )
     assert result.chapter == "04_sendqueue"
+    # The progress it reported: each phase in turn, the clock only going forward, to the
+    # end of the run (baseline + duration).
+    phases = [what for what, _ in seen]
+    assert phases[0] == "04_sendqueue: starting the server"
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "04_sendqueue: starting the server",
+        "04_sendqueue: registering one user",
+        "04_sendqueue: baseline, pings alone",
+        "04_sendqueue: 2 clients log in, one pings",
+    ]
+    done = [d for _, d in seen]
+    assert done == sorted(done) and done[-1] == 1.5
     assert result.errors == []
     assert result.logins > 0 and len(result.login_ms) == result.logins
     assert result.pings > 0 and len(result.baseline_ms) > 0
@@ -61,6 +81,29 @@ def test_render_side_by_side_and_errors_row():
     assert "│ ping p50 (ms)             │     489 │          5.2 │" in text
     assert "│ no logins: ping p50 (ms)  │       - │            - │" in text
     assert "│ errors                    │       0 │            1 │" in text
+
+
+def _fake_run_stall(name, *, duration, baseline, progress, **_settings):
+    """Reports like run_stall over a made-up run, without starting a server."""
+    progress(f"{name}: baseline, pings alone", baseline / 2)
+    progress(f"{name}: 2 clients log in, one pings", baseline + duration / 2)
+    return StallResult(name, duration, 2, 1000, 4)
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "not-a-terminal"])
+def test_progress_bar_names_the_run_and_is_silent_off_a_terminal(monkeypatch, terminal):
+    monkeypatch.setattr(stall, "run_stall", _fake_run_stall)
+    args = stall.build_parser().parse_args(["--compare", "03", "04", "--duration", "2"])
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=terminal, width=100)
+    results = stall.run_all(["03_pool", "04_sendqueue"], args, console)
+    assert [r.chapter for r in results] == ["03_pool", "04_sendqueue"]
+    drawn = buffer.getvalue()
+    if terminal:
+        for text in ("03_pool: baseline, pings alone", "04_sendqueue: 2 clients log in", "left"):
+            assert text in drawn
+    else:
+        assert drawn == ""  # CI logs stay clean
 
 
 def test_unknown_chapter_is_one_line_and_status_2(capsys):
