@@ -22,10 +22,10 @@ so each chapter shows only what it has, and a key a chapter lacks is simply not 
 * Drops (1 on): each non-zero ``drops.*``, ``malformed``, ``stale_events``,
   ``stale_requests``, ``replies_dropped.stale`` / ``.kicked``, ``accept_errors.*``.
 * Pool (3 on): ``pool.free``, ``pool.recycling``, ``pool.total`` and what is in use.
-* Defences (3 on): each ``refused.*``, ``kicks.*`` and ``replies_dropped.queue_full``
+* Defences (3 on): each ``refused.*`` and ``kicks.*``
   once it has fired, in red while it moves.
 * Queues (4 on): ``queues.receive``, ``.send``, ``.timers`` with sparklines, and the flow
-  control counts (``reading_paused``, ``epollout_armed``, ``half_closed``) once moved.
+  control counts (``epollout_armed``, ``send_queue_full``, ``half_closed``) once moved.
 
 A footer names the C++ counterpart of every figure on the screen.
 """
@@ -283,9 +283,9 @@ class Figure:
 DEFENCES = (
     Figure("refused.online_limit", "online limit", "ngx_event_accept"),
     Figure("refused.storm", "connect storm", "ngx_event_accept"),
-    Figure("kicks.send_backlog", "send backlog kick", "msgSend"),
-    Figure("replies_dropped.queue_full", "send queue full", "m_iDiscardSendPkgCount"),
     Figure("kicks.silence", "silence kick", "procPingTimeOutChecking"),
+    # The original kicks at 400 queued replies in msgSend; ours when none is taken in time.
+    Figure("kicks.send_stall", "send stall kick", "msgSend"),
     Figure("kicks.timeout", "timeout kick", "m_ifTimeOutKick"),
     Figure("kicks.flood", "flood kick", "TestFlood"),
     # The original skips a malformed header and reads on; chapter 6 closes instead.
@@ -301,14 +301,15 @@ DROPS = (
     Figure("stale_events", "stale event", "instance bit"),
     Figure("stale_requests", "request, conn gone", "iCurrsequence"),
     Figure("replies_dropped.stale", "reply, conn gone", "iCurrsequence"),
-    Figure("replies_dropped.kicked", "reply, conn kicked"),
     Figure("accept_errors.econnaborted", "accept ECONNABORTED", "ngx_event_accept"),
     Figure("accept_errors.emfile", "accept EMFILE", "ngx_event_accept"),
 )
 # Flow control at work, neither a defence nor a drop: shown under the queues once moved.
 FLOW = (
-    Figure("reading_paused", "reading paused"),
     Figure("epollout_armed", "EPOLLOUT armed", "ngx_epoll_oper_event"),
+    # The original drops replies past 50000 (m_iDiscardSendPkgCount); ours makes the
+    # worker wait.
+    Figure("send_queue_full", "send queue full"),
     Figure("half_closed", "half-closed"),
 )
 

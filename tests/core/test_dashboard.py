@@ -168,14 +168,14 @@ def test_render_takes_a_single_stats_dict():
 EVERY_DEFENCE = {
     "refused": {"online_limit": 12, "storm": 3},
     "kicks": {
-        "send_backlog": 2,
+        "send_stall": 2,
         "silence": 40,
         "timeout": 5,
         "flood": 7,
         "malformed": 9,
         "brand_new": 1,  # a defence a later chapter might add: shown under its key
     },
-    "replies_dropped": {"queue_full": 123456, "stale": 4, "kicked": 800},
+    "replies_dropped": {"stale": 4},
 }
 MANY_DROPS = {
     "drops": {
@@ -203,7 +203,7 @@ def worst_stats(scale: int = 1) -> dict:
         "waiting_epollout": 1500,
         "epollout_armed": 77 * scale,
         "half_closed": 3 * scale,
-        "reading_paused": 99 * scale,
+        "send_queue_full": 99 * scale,
         "pool": {"total": 10240, "free": 0, "recycling": 8192},
         "queues": {"receive": 150_000, "send": 50_000, "timers": 2048},
     }
@@ -237,7 +237,8 @@ def test_defences_and_drops_show_only_what_fired():
     quiet["kicks"] = {k: 0 for k in quiet["kicks"]}
     quiet["kicks"]["flood"] = 3
     quiet["refused"] = {"online_limit": 0, "storm": 0}
-    quiet["replies_dropped"] = {"queue_full": 0, "stale": 0, "kicked": 0}
+    quiet["replies_dropped"] = {"stale": 0}
+    quiet["send_queue_full"] = 0
     quiet["drops"] = {k: 0 for k in quiet["drops"]}
     quiet["drops"]["bad_crc"] = 2
     quiet["accept_errors"] = {"econnaborted": 0, "emfile": 0}
@@ -249,7 +250,7 @@ def test_defences_and_drops_show_only_what_fired():
     assert_fits(text)
     assert words(text, "flood kick") == ["flood", "kick", "3"]
     assert words(text, "bad CRC") == ["bad", "CRC", "2"]
-    for hidden in ("online limit", "silence kick", "send queue full", "CRC on empty", "EMFILE"):
+    for hidden in ("online limit", "silence kick", "send stall", "CRC on empty", "EMFILE"):
         assert hidden not in text
     assert "◀" not in text
     assert "TestFlood" in text and "threadRecvProcFunc" in text  # footer: what is shown
