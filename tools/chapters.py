@@ -584,6 +584,24 @@ def _cmd_diff(root: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_map(root: Path, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tools import coursemap
+
+    names = [c.name for c in discover(root)]
+    chapters_dir = root / "chapters"
+    Console().print(coursemap.render(chapters_dir, names, details=args.details))
+    if args.check:
+        problems = coursemap.misses(chapters_dir, names)
+        for problem in problems:
+            print(f"target missed: {problem}")
+        if problems:
+            return 1
+        print("every target met")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.chapters",
@@ -631,12 +649,34 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument(
         "-U", "--context", type=int, default=3, metavar="N", help="lines of context (default: 3)"
     )
+    mp = sub.add_parser(
+        "map",
+        help="the course in figures: file and function sizes, what each step changes",
+        description="File sizes and the longest function of every chapter; for every step, "
+        "the .py lines it changes (__init__.py left out), by file, and how many belong to "
+        "the subsystem the chapter adds (see tools/coursemap.py for the rule).",
+    )
+    mp.add_argument(
+        "--details", action="store_true", help="also list each step's changes by function"
+    )
+    mp.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a target is missed (server.py sizes, functions <= 50 lines, steps "
+        "<= 400 changed lines, >= 85%% of them in the subsystem)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"list": _cmd_list, "check": _cmd_check, "forward": _cmd_forward, "diff": _cmd_diff}
+    commands = {
+        "list": _cmd_list,
+        "check": _cmd_check,
+        "forward": _cmd_forward,
+        "diff": _cmd_diff,
+        "map": _cmd_map,
+    }
     return commands[args.command](args.root, args)
 
 
