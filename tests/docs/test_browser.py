@@ -33,6 +33,14 @@ import pytest
 
 from tests.docs.test_docs import DOCS, ROOT, mkdocs_build, nav_pages
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the site fixture skips every browser test then
+
+    class PlaywrightTimeout(Exception):  # type: ignore[no-redef]
+        pass
+
+
 SCREENSHOTS = ROOT / "site" / "screenshots"
 WIDE, NARROW = 1280, 400
 MIN_TEXT_PX = 10.0
@@ -41,7 +49,7 @@ MIN_TEXT_PX = 10.0
 SHOT_MAX_HEIGHT = 6000
 # A diagram taller than the window would have the page's sticky header drawn over its top.
 NO_HEADER = ".md-header, .md-tabs { visibility: hidden !important; }"
-RENDER_TIMEOUT_MS = 20_000
+RENDER_TIMEOUT_MS = int(os.environ.get("DOCS_RENDER_TIMEOUT_MS", "20000"))
 # Two labels overlap when their boxes share more than this part of the smaller one.
 OVERLAP = 0.15
 # Debian's flags for a headless run as root; no GPU, no sync, nothing fetched in the
@@ -349,16 +357,26 @@ def open_page(browser: object, site: Site, width: int) -> Iterator[object]:
         context.close()
 
 
-def load(page: object, url: str, diagrams: int) -> None:
+def load(page: object, url: str, diagrams: int) -> str | None:
+    """Open ``url`` and wait for its diagrams; say what went wrong, if anything did."""
     page.goto(url, wait_until="load")
-    if diagrams:
-        # Material swaps each <pre class="mermaid"> for a rendered <div class="mermaid">.
+    page.evaluate("document.fonts.ready.then(() => true)")
+    if not diagrams:
+        return None
+    # Material swaps each <pre class="mermaid"> for a rendered <div class="mermaid">.
+    try:
         page.wait_for_function(
             "n => document.querySelectorAll('pre.mermaid').length === 0"
             " && document.querySelectorAll('div.mermaid').length === n",
             arg=diagrams,
         )
-    page.evaluate("document.fonts.ready.then(() => true)")
+    except PlaywrightTimeout:
+        done = page.evaluate("document.querySelectorAll('div.mermaid').length")
+        return (
+            f"only {done} of {diagrams} diagrams rendered within "
+            f"{RENDER_TIMEOUT_MS / 1000:.0f} s (is Mermaid loaded from the site?)"
+        )
+    return None
 
 
 @functools.cache
@@ -422,14 +440,14 @@ def check_page(site: Site, page_path: str) -> list[str]:
     site.blocked.clear()
 
     wide = site.pages[WIDE]
-    load(wide, url, len(sources))
+    problems = [p for p in [load(wide, url, len(sources))] if p]
     screenshot(wide, SCREENSHOTS / f"{name}-{WIDE}.png")
     for i, diagram in enumerate(wide.locator("div.mermaid").all()):
         diagram.screenshot(path=str(SCREENSHOTS / f"{name}-diagram{i + 1}.png"), style=NO_HEADER)
-    problems = []
     if re.search(r"Syntax error|Parse error|error in text", wide.inner_text("body"), re.I):
         problems.append("Mermaid error text on the page")
-    problems += diagram_problems(sources, wide.evaluate(MEASURE_DIAGRAMS))
+    if not problems:
+        problems += diagram_problems(sources, wide.evaluate(MEASURE_DIAGRAMS))
     problems += [
         f"at {WIDE} px, a table cell cuts {word!r} mid-word"
         for word in wide.evaluate(MEASURE_CUT_WORDS)
@@ -437,7 +455,7 @@ def check_page(site: Site, page_path: str) -> list[str]:
     problems += [f"broken link {b}" for b in broken_links(site, wide.evaluate(LINKS))]
 
     narrow = site.pages[NARROW]
-    load(narrow, url, len(sources))
+    load(narrow, url, len(sources))  # any rendering problem is reported from the wide one
     screenshot(narrow, SCREENSHOTS / f"{name}-{NARROW}.png")
     problems += [f"at {NARROW} px: {o}" for o in narrow.evaluate(MEASURE_OVERFLOW, NARROW)]
 
