@@ -6,7 +6,8 @@ aborted and reported):
 
 * at 1280 px wide: every Mermaid diagram rendered to an SVG, with no Mermaid error, its
   labels complete (every word of the source's labels is in the picture), no two labels
-  drawn over each other, and no text under 10 px; no internal link broken;
+  drawn over each other, and no text under 10 px; no identifier in a table cell cut in
+  the middle; no internal link broken;
 * at 400 px wide (a phone): no body text sticks out of the page sideways.
 
 A full-page screenshot of every page at both widths is saved under ``site/screenshots/``
@@ -49,7 +50,7 @@ MIN_TEXT_PX = 10.0
 SHOT_MAX_HEIGHT = 6000
 # A diagram taller than the window would have the page's sticky header drawn over its top.
 NO_HEADER = ".md-header, .md-tabs { visibility: hidden !important; }"
-RENDER_TIMEOUT_MS = int(os.environ.get("DOCS_RENDER_TIMEOUT_MS", "20000"))
+RENDER_TIMEOUT_MS = 20_000
 # Two labels overlap when their boxes share more than this part of the smaller one.
 OVERLAP = 0.15
 # Debian's flags for a headless run as root; no GPU, no sync, nothing fetched in the
@@ -508,3 +509,15 @@ def test_page_urls():
     assert page_url("index.md") == ""
     assert page_url("chapters/01_listen.md") == "chapters/01_listen/"
     assert "index.md" in pages() and "chapters/01_listen.md" in pages()
+
+
+def test_broken_links(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "index.html").write_text('<h2 id="here">x</h2>')
+    site = Site(tmp_path, "http://127.0.0.1:1/")
+    base = site.base
+    assert broken_links(site, [f"{base}a/", f"{base}a/#here", "https://example.org/"]) == []
+    assert broken_links(site, [f"{base}b/", f"{base}a/#gone"]) == [
+        f"{base}b/ (no such file)",
+        f"{base}a/#gone (no #gone on that page)",
+    ]
