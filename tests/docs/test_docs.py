@@ -4,12 +4,16 @@ Makefile's."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import html
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -87,6 +91,14 @@ def test_every_chapter_page_is_in_the_nav():
     nav = set(nav_pages())
     for page in (DOCS / "chapters").glob("*.md"):
         assert f"chapters/{page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+
+
+def test_every_page_is_in_the_nav():
+    nav = set(nav_pages())
+    for page in DOCS.rglob("*.md"):
+        name = page.relative_to(DOCS).as_posix()
+        if not name.startswith("hooks/"):
+            assert name in nav, f"{name} is not in mkdocs.yml's nav"
 
 
 def test_placeholders_name_existing_chapters():
@@ -221,3 +233,207 @@ def test_unknown_chapter_in_a_placeholder_fails_the_build(tmp_path: Path):
     done = mkdocs_build(config, tmp_path / "site")
     assert done.returncode != 0
     assert "no chapter '07_nope'" in done.stdout + done.stderr
+
+
+# -- every `python -m` command in the docs runs as written ---------------------------------
+
+# Where commands are written down for a reader to copy.
+COMMAND_FILES = sorted(
+    [ROOT / "README.md", *ROOT.glob("chapters/*/README.md")]
+    + [p for p in DOCS.rglob("*.md") if "hooks" not in p.relative_to(DOCS).parts]
+)
+# How a page says the environment is entered. A bare `python -m` is fine after this text
+# on the same page; before it (or on a page without it) write `.venv/bin/python -m`.
+ENTER_ENV = "source .venv/bin/activate"
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_INLINE = re.compile(r"(`+)(.+?)\1")
+_COMMAND = re.compile(r"(?P<venv>\.venv/bin/)?python3? -m (?P<module>[\w.]+)(?P<args>.*)")
+# Pages still written before this convention, not this change's to edit: each is expected
+# to fail (strict, so a fixed page turns its xfail into a failure asking for its removal).
+_REWRITE = "written before the .venv convention; the chapter rewrite fixes it"
+_LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's page to fix"
+COMMANDS_KNOWN_BROKEN = {
+    **{f"docs/chapters/{n}.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
+    **{f"docs/chapters/{n}.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
+    **{f"chapters/{n}/README.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
+    **{f"chapters/{n}/README.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
+    "docs/security.md": _LEAD,
+    "docs/benchmarks.md": _LEAD,
+    "docs/cpp-map.md": _LEAD,
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    line: int  # 1-based line in the file
+    offset: int  # character offset in the file: before or after the ENTER_ENV text?
+    venv: bool  # written as .venv/bin/python
+    module: str
+    args: tuple[str, ...]
+    inline: bool  # an inline code span (`a|b` there lists alternatives, not a pipe)
+
+
+def commands_in(text: str) -> list[Command]:
+    """Every ``python -m`` in a fenced block or an inline code span, with its arguments up
+    to a comment or a shell operator."""
+    found: list[Command] = []
+    fence: str | None = None
+    offset = 0
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        marker = _FENCE.match(line)
+        if fence is None and marker:
+            fence = marker.group(1)
+        elif fence is not None and marker and marker.group(1).startswith(fence):
+            fence = None
+        elif fence is not None:
+            if m := _COMMAND.search(line):
+                args = re.split(r"\s(?:#|&&|\|\|?|;|>|2>|&\s*$)", m.group("args"))[0]
+                found.append(_command(number, offset + m.start(), m, args, inline=False))
+        else:
+            for span in _INLINE.finditer(line):
+                if m := _COMMAND.search(span.group(2)):
+                    at = offset + span.start(2) + m.start()
+                    found.append(_command(number, at, m, m.group("args"), inline=True))
+        offset += len(line)
+    return found
+
+
+def _command(line: int, offset: int, m: re.Match, args: str, *, inline: bool) -> Command:
+    try:
+        tokens = shlex.split(args.replace("\\|", "|"))
+    except ValueError:
+        tokens = args.split()
+    return Command(line, offset, bool(m.group("venv")), m.group("module"), tuple(tokens), inline)
+
+
+def _variants(command: Command) -> list[tuple[str, ...]]:
+    """The argument lists a command stands for: in an inline span, ``ping|register`` is
+    two commands; a placeholder (``…``, ``<name>``, or an upper-case metavar such as
+    ``TOOL``) stands for arguments left out, so only what precedes it is checked."""
+    args = list(command.args)
+    for i, token in enumerate(args):
+        if token in ("…", "...") or token.startswith("<") or re.fullmatch(r"[A-Z][A-Z_]*", token):
+            args = args[:i]
+            break
+    variants: list[tuple[str, ...]] = [()]
+    for token in args:
+        choices = token.split("|") if command.inline and "|" in token else [token]
+        variants = [(*v, c) for v in variants for c in choices if c]
+    return variants
+
+
+@functools.cache
+def help_for(module: str, args: tuple[str, ...]) -> tuple[int, str]:
+    """``python -m module ARGS --help``: argparse checks the subcommand and each value it
+    consumes on the way, then prints the help of the (sub)command the arguments chose."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, "COLUMNS": "300", "NO_COLOR": "1"},
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def command_problems(command: Command) -> list[str]:
+    where = f"line {command.line}: python -m {command.module}"
+    if command.module not in _module_exists_cache:
+        _module_exists_cache[command.module] = _module_exists(command.module)
+    if not _module_exists_cache[command.module]:
+        return [f"{where}: no module {command.module!r}"]
+    problems = []
+    for args in _variants(command):
+        code, text = help_for(command.module, args)
+        if code != 0:
+            problems.append(
+                f"{where} {' '.join(args)}: --help after these arguments "
+                f"exits {code}: {text.strip().splitlines()[-1:]}"
+            )
+            continue
+        known = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text))
+        known |= set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_for(command.module, ())[1]))
+        for token in args:
+            flag = token.split("=", 1)[0]
+            if re.fullmatch(r"--?[A-Za-z][\w-]*", flag) and flag not in known:
+                problems.append(
+                    f"{where}: {flag} is not an option of {command.module} "
+                    f"{' '.join(a for a in args if not a.startswith('-'))[:40]}"
+                )
+    return problems
+
+
+_module_exists_cache: dict[str, bool] = {}
+
+
+def _module_exists(module: str) -> bool:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def env_problems(text: str, commands: list[Command]) -> list[str]:
+    entered = text.find(ENTER_ENV)
+    return [
+        f"line {c.line}: `python -m {c.module}` comes before the page says how the "
+        f"environment is entered: write `.venv/bin/python -m`, or say `{ENTER_ENV}` "
+        "(make run / make test create .venv) above it"
+        for c in commands
+        if not c.venv and (entered < 0 or c.offset < entered)
+    ]
+
+
+def _file_param(path: Path) -> object:
+    name = path.relative_to(ROOT).as_posix()
+    if name in COMMANDS_KNOWN_BROKEN:
+        reason = COMMANDS_KNOWN_BROKEN[name]
+        return pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True))
+    return name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [_file_param(p) for p in COMMAND_FILES])
+def test_commands_run_as_written(name: str):
+    text = (ROOT / name).read_text(encoding="utf-8")
+    commands = commands_in(text)
+    problems = env_problems(text, commands)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for found in pool.map(command_problems, commands):
+            problems += found
+    assert not problems, f"{name}:\n  " + "\n  ".join(dict.fromkeys(problems))
+
+
+def test_command_extraction():
+    page = (
+        "Run `python -m chapters.01_listen --port 0`.\n\n"
+        "```console\n$ .venv/bin/python -m tools.client ping --count 3  # three\n"
+        "$ python -m tools.chapters diff 01 02 | less\n```\n\n"
+        "| `python -m tools.client ping\\|login` | x |\n"
+    )
+    found = commands_in(page)
+    assert [(c.line, c.venv, c.module, c.args) for c in found] == [
+        (1, False, "chapters.01_listen", ("--port", "0")),
+        (4, True, "tools.client", ("ping", "--count", "3")),
+        (5, False, "tools.chapters", ("diff", "01", "02")),
+        (8, False, "tools.client", ("ping|login",)),
+    ]
+    assert _variants(found[3]) == [("ping",), ("login",)]
+    assert len(env_problems(page, found)) == 3  # the three bare ones: no ENTER_ENV
+    entered = f"{ENTER_ENV} first.\n\n" + page
+    assert env_problems(entered, commands_in(entered)) == []
+
+
+@pytest.mark.slow
+def test_command_checks_catch_mistakes():
+    def one(line: str) -> list[str]:
+        return command_problems(commands_in(f"`{line}`")[0])
+
+    assert one("python -m tools.client ping --count 3") == []
+    assert "no module" in one("python -m tools.nope")[0]
+    assert "--bogus is not an option" in one("python -m tools.client ping --bogus")[0]
+    assert "exits 2" in one("python -m tools.attack nonsense")[0]
+    assert "exits 2" in one("python -m tools.client ping --count many")[0]
