@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs]'
+	@# setuptools warns on every editable install that a folder named like a package may
+	@# shadow it: here the folders *are* the packages, so the warning says nothing.
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[test,docs]'
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -245,7 +245,9 @@ class PacketParser:
                 pos += HEADER_LEN
             elif length < HEADER_LEN or length > PKG_MAX_ACCEPTED:
                 # C++ mirror: drop the 8 header bytes and restart at the next byte.
-                append(ProtocolError(length, code, "too short" if length < 8 else "too long"))
+                append(
+                    ProtocolError(length, code, "too short" if length < HEADER_LEN else "too long")
+                )
                 pos += HEADER_LEN
             elif end - pos >= length:
                 append(new(Packet, (code, crc, bytes(view[pos + HEADER_LEN : pos + length]))))
@@ -278,7 +280,7 @@ class PacketParser:
             self._buf = bytearray()
             if length < HEADER_LEN or length > PKG_MAX_ACCEPTED:
                 events.append(
-                    ProtocolError(length, code, "too short" if length < 8 else "too long")
+                    ProtocolError(length, code, "too short" if length < HEADER_LEN else "too long")
                 )
                 self.state = HD_INIT
                 return pos

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 import socket
 import struct
 import threading
@@ -22,13 +21,12 @@ from types import ModuleType
 import pytest
 
 from common.config import Config
+from tools.chapters import discover
 from tools.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_DIR = ROOT / "chapters"
-CHAPTERS = sorted(
-    p.name for p in CHAPTER_DIR.iterdir() if p.is_dir() and re.fullmatch(r"\d\d_[a-z_]+", p.name)
-)
+CHAPTERS = [chapter.name for chapter in discover(ROOT)]
 # Where each target's Server lives. The asyncio baseline of the benchmarks (no chapter
 # features) joins the shared protocol tests when it exists.
 SERVER_MODULES = {name: f"chapters.{name}.server" for name in CHAPTERS}
@@ -71,6 +69,30 @@ def load_chapter(name: str) -> ModuleType:
     if name in CHAPTERS:
         return importlib.import_module(f"chapters.{name}")
     return importlib.import_module(SERVER_MODULES[name])
+
+
+class FakeClock:
+    """A clock that moves only when the test sets ``now``: timers, recycling and flood
+    detection take their time from it instead of sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feature_modules(feature: str, *modules: str) -> Callable[..., tuple[ModuleType, ...]]:
+    """A fixture over every chapter with ``feature``: the chapter's ``modules`` (e.g.
+    ``"timers", "connection"``), for unit tests of one subsystem."""
+    names = [name for name in CHAPTERS if feature in load_chapter(name).FEATURES]
+    params = names or [pytest.param(None, marks=pytest.mark.skip(reason=f"no {feature}"))]
+
+    @pytest.fixture(params=params)
+    def fixture(request: pytest.FixtureRequest) -> tuple[ModuleType, ...]:
+        return tuple(importlib.import_module(f"chapters.{request.param}.{m}") for m in modules)
+
+    return fixture
 
 
 def wait_until(
@@ -139,6 +161,24 @@ def serve(chapter: str) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for running in started:
         running.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Skips summarised by reason (one line each), not listed one per test: most are a
+    chapter without the feature a test needs, which is expected and visible here."""
+    reports = terminalreporter.stats.get("skipped", [])
+    if not reports:
+        return
+    reasons: dict[str, int] = {}
+    for report in reports:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped"
+        reason = reason.removeprefix("Skipped: ")
+        if " lacks " in reason:  # "02_epoll lacks sendqueue" -> by the missing feature
+            reason = "a chapter lacks " + reason.partition(" lacks ")[2]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.section(f"{len(reports)} skipped, by reason", sep="-")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{count:5d}  {reason}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

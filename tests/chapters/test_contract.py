@@ -22,6 +22,7 @@ from tests.conftest import (
     CHAPTERS,
     SERVER_MODULES,
     SERVER_OPTIONS,
+    FakeClock,
     load_chapter,
     recv_exactly,
     test_config,
@@ -186,16 +187,6 @@ def test_chapter_metadata(name):
     assert first_line.startswith(f"Chapter {int(name[:2])}: ")
 
 
-class ManualClock:
-    """A clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.features("pool")
 def test_one_injected_clock_drives_every_timer(chapter):
     """``Server(config, clock)`` hands one clock to every timer: the pool's recycle wait,
@@ -203,7 +194,7 @@ def test_one_injected_clock_drives_every_timer(chapter):
     the test moves, the shipped intervals (60 s, 70 s) pass at once, which could not
     happen on the real clock within this test's deadlines."""
     features = load_chapter(chapter).FEATURES
-    clock = ManualClock()
+    clock = FakeClock()
     config = test_config(
         Sock_RecyConnectionWaitTime=60,
         Sock_WaitTimeEnable=1,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 
 import pytest
@@ -11,6 +10,7 @@ from common.protocol import PING_PACKET, MsgCode, crc32, encode_packet, pack_hea
 from tests.conftest import (
     CHAPTERS,
     assert_closed_by_server,
+    feature_modules,
     load_chapter,
     recv_exactly,
     wait_until,
@@ -104,12 +104,7 @@ def test_malformed_header_closes_the_connection(serve, length):
 # -- unit ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=FLOOD_CHAPTERS or [pytest.param(None, marks=pytest.mark.skip("none"))])
-def flood_modules(request):
-    return (
-        importlib.import_module(f"chapters.{request.param}.flood"),
-        importlib.import_module(f"chapters.{request.param}.connection"),
-    )
+flood_modules = feature_modules("flood", "flood", "connection")
 
 
 def test_detector_counts_consecutive_close_packets(flood_modules):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import socket
 
@@ -13,7 +12,9 @@ from common.dashboard import render
 from common.protocol import PING_PACKET
 from tests.conftest import (
     CHAPTERS,
+    FakeClock,
     assert_closed_by_server,
+    feature_modules,
     load_chapter,
     recv_exactly,
     reset,
@@ -23,17 +24,12 @@ from tests.conftest import (
 POOL_CHAPTERS = [c for c in CHAPTERS if "pool" in load_chapter(c).FEATURES]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+pool_modules = feature_modules("pool", "pool")
 
 
-@pytest.fixture(params=POOL_CHAPTERS or [pytest.param(None, marks=pytest.mark.skip("no pool"))])
-def pool_module(request):
-    return importlib.import_module(f"chapters.{request.param}.pool")
+@pytest.fixture
+def pool_module(pool_modules):
+    return pool_modules[0]
 
 
 def test_generation_changes_on_hand_out_and_retire(pool_module):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import threading
 
 import pytest
 
 from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
-from tests.conftest import CHAPTERS, assert_closed_by_server, load_chapter, recv_exactly, wait_until
+from tests.conftest import (
+    CHAPTERS,
+    FakeClock,
+    assert_closed_by_server,
+    feature_modules,
+    load_chapter,
+    recv_exactly,
+    wait_until,
+)
 from tools.client import login_packet
 
 TIMER_CHAPTERS = [c for c in CHAPTERS if "timers" in load_chapter(c).FEATURES]
@@ -18,21 +25,7 @@ TIMER_CHAPTERS = [c for c in CHAPTERS if "timers" in load_chapter(c).FEATURES]
 FAST = {"Sock_WaitTimeEnable": 1, "Sock_MaxWaitTime": 0.2, "Sock_PingGraceTime": 0.2}
 
 
-@pytest.fixture(params=TIMER_CHAPTERS or [pytest.param(None, marks=pytest.mark.skip("none"))])
-def chapter_modules(request):
-    name = request.param
-    return (
-        importlib.import_module(f"chapters.{name}.timers"),
-        importlib.import_module(f"chapters.{name}.connection"),
-    )
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self):
-        return self.now
+chapter_modules = feature_modules("timers", "timers", "connection")
 
 
 def _conn(connection_module, generation: int = 1):
@@ -43,7 +36,7 @@ def _conn(connection_module, generation: int = 1):
 
 def test_expired_entries_are_taken_at_once_and_rearmed(chapter_modules):
     timers_mod, conn_mod = chapter_modules
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     seen = []
     timers = timers_mod.HeartbeatTimers(
         5.0, lambda c, g, now: seen.append(g), clock=clock, start_thread=False
@@ -64,7 +57,7 @@ def test_expired_entries_are_taken_at_once_and_rearmed(chapter_modules):
 
 def test_no_rearm_in_timeout_kick_mode(chapter_modules):
     timers_mod, conn_mod = chapter_modules
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     timers = timers_mod.HeartbeatTimers(
         1.0, lambda *a: None, rearm=False, clock=clock, start_thread=False
     )
@@ -77,7 +70,7 @@ def test_no_rearm_in_timeout_kick_mode(chapter_modules):
 
 def test_stale_entry_is_not_rearmed(chapter_modules):
     timers_mod, conn_mod = chapter_modules
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     timers = timers_mod.HeartbeatTimers(1.0, lambda *a: None, clock=clock, start_thread=False)
     conn = _conn(conn_mod, 1)
     timers.add(conn, 1)
@@ -90,7 +83,9 @@ def test_stale_entry_is_not_rearmed(chapter_modules):
 
 def test_remove_takes_the_connections_entry_out(chapter_modules):
     timers_mod, conn_mod = chapter_modules
-    timers = timers_mod.HeartbeatTimers(1.0, lambda *a: None, clock=FakeClock(), start_thread=False)
+    timers = timers_mod.HeartbeatTimers(
+        1.0, lambda *a: None, clock=FakeClock(100.0), start_thread=False
+    )
     conns = [_conn(conn_mod, i) for i in range(10)]
     for conn in conns:
         timers.add(conn, conn.generation)
