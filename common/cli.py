@@ -120,6 +120,12 @@ def serve(
         return 2
 
     setup_logging(level)
+    # A write to a socket the client has reset raises SIGPIPE, whose default action ends
+    # the process: the original's worker died that way (reference bug 1). Ignored, the
+    # write fails with EPIPE instead, which the server handles. Python's start-up ignores
+    # it already; we say so here rather than depend on it (and a test checks it).
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         server = make_server(config)
     except UnsupportedPlatform as exc:

@@ -57,6 +57,7 @@ class DropReason(StrEnum):
     UNKNOWN_CODE = "unknown_code"  # reserved (1-4) or unknown message code
     WRONG_SIZE = "wrong_size"  # register/login body of the wrong size
     BODY_ON_PING = "body_on_ping"  # a ping must not carry a body
+    SERVER_ERROR = "server_error"  # the handler raised (a bug): logged, no reply
 
 
 # --8<-- [end:drop_reasons]
@@ -188,10 +189,16 @@ class Logic:
             return _DROPS[DropReason.BAD_CRC]
         if code == MsgCode.PING:
             return _DROPS[DropReason.BODY_ON_PING]
-        if code == MsgCode.REGISTER:
-            return self._register(body)
-        if code == MsgCode.LOGIN:
-            return self._login(body)
+        try:
+            if code == MsgCode.REGISTER:
+                return self._register(body)
+            if code == MsgCode.LOGIN:
+                return self._login(body)
+        except Exception:
+            # A bug in a handler costs this request its reply, never the thread that runs
+            # it (the event loop in chapters 1-3) nor the bookkeeping of what is owed.
+            log.exception("the %s handler failed: request dropped", MsgCode(code).name)
+            return _DROPS[DropReason.SERVER_ERROR]
         return _DROPS[DropReason.UNKNOWN_CODE]
 
     # --8<-- [end:handle]

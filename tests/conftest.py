@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import queue
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,10 +115,10 @@ def wait_until(
 class RunningServer:
     """A chapter's ``Server`` running ``serve_forever`` on a thread, on an ephemeral port."""
 
-    def __init__(self, chapter: str, config: Config) -> None:
+    def __init__(self, chapter: str, config: Config, **options: object) -> None:
         self.chapter = chapter
         module = importlib.import_module(SERVER_MODULES[chapter])
-        self.server = module.Server(config, **SERVER_OPTIONS.get(chapter, {}))
+        self.server = module.Server(config, **SERVER_OPTIONS.get(chapter, {}), **options)
         self.host, self.port = self.server.addresses[0]
         self.thread = threading.Thread(
             target=self.server.serve_forever, name=f"serve-{chapter}", daemon=True
@@ -150,17 +155,107 @@ def chapter(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def serve(chapter: str) -> Iterator[Callable[..., RunningServer]]:
-    """``serve(**config_overrides)`` starts the parametrised chapter; all are stopped after."""
+    """``serve(**config_overrides)`` starts the parametrised chapter; all are stopped after.
+    ``serve(clock=FakeClock(), ...)`` hands the chapter a clock only the test moves."""
     started: list[RunningServer] = []
 
-    def start(**overrides: object) -> RunningServer:
-        running = RunningServer(chapter, test_config(**overrides))
+    def start(clock: Callable[[], float] | None = None, **overrides: object) -> RunningServer:
+        options = {} if clock is None else {"clock": clock}
+        running = RunningServer(chapter, test_config(**overrides), **options)
         started.append(running)
         return running
 
     yield start
     for running in started:
         running.stop()
+
+
+# -- chapters in a subprocess, as a reader runs them --------------------------------------
+
+START_TIMEOUT = 30  # a cold start imports rich; a loaded 2-core box can take seconds
+STOP_TIMEOUT = 20
+ENV = {
+    **os.environ,
+    "COLUMNS": "250",  # rich must not wrap the lines we look for
+    "PYTHONIOENCODING": "utf-8",
+    "PYTHONUNBUFFERED": "1",
+    "NO_COLOR": "1",
+    "PYTHONPATH": str(ROOT),
+}
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+class Proc:
+    """A subprocess whose stderr is read line by line on a thread, so the test can wait
+    for a line with a deadline instead of blocking on a pipe."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,  # a Ctrl-C on pytest does not reach it twice
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self._queue.put(line)
+        self._queue.put(None)  # EOF
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {pattern.pattern!r}; stderr: {self.text}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(
+                    f"exited ({self.popen.poll()}) before {pattern.pattern!r}; stderr: {self.text}"
+                )
+            self.lines.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+
+    def finish(self, timeout: float) -> int:
+        """Wait for exit and for the whole of stderr; return the exit code."""
+        code = self.popen.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=STOP_TIMEOUT)
+        self._reader.join(timeout=STOP_TIMEOUT)  # EOF once the process is gone
+        if self.popen.stderr is not None:
+            self.popen.stderr.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -188,13 +283,19 @@ def pytest_configure(config: pytest.Config) -> None:
 # -- socket helpers ----------------------------------------------------------------------
 
 
+class ServerClosed(AssertionError):
+    """``recv_exactly`` met EOF: the server closed the connection before the bytes came.
+    A test that expects a kick catches this (and resets), never AssertionError as such:
+    a wrong reply must fail the test, not pass as a kick."""
+
+
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
     """Read exactly ``n`` bytes (fails on EOF first); the socket's timeout bounds each read."""
     chunks = bytearray()
     while len(chunks) < n:
         data = sock.recv(n - len(chunks))
         if not data:
-            raise AssertionError(f"EOF after {len(chunks)} of {n} bytes")
+            raise ServerClosed(f"EOF after {len(chunks)} of {n} bytes")
         chunks += data
     return bytes(chunks)
 

@@ -6,6 +6,7 @@ module of its own (the C++ names are in the docstrings).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -263,7 +264,8 @@ class Server(ServerLifecycle):
             conn.closed = True
             log.info("closed %s:%d (%s)", conn.addr[0], conn.addr[1], why)
             if not self.loop.in_loop_thread():
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):  # ENOTCONN: reset, the loop knows already
+                    conn.sock.shutdown(socket.SHUT_RDWR)
                 return
         self._release(conn)
 

@@ -97,8 +97,7 @@ class WorkerPool:
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return self._pending
+        return self._pending  # for stats(): one int read, no lock needed
 
     def close(self) -> None:
         """Stop and join every worker. C++: CThreadPool::StopAll. A worker in the middle of

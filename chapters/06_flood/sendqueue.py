@@ -65,8 +65,7 @@ class SendQueue:
 
     @property
     def size(self) -> int:
-        with self._room:
-            return len(self._queue)
+        return len(self._queue)  # for stats(): one read, no lock needed
 
     def _run(self) -> None:
         while True:

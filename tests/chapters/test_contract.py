@@ -45,6 +45,7 @@ PROMISED: dict[str, set[str]] = {
         "drops.unknown_code",
         "drops.wrong_size",
         "drops.body_on_ping",
+        "drops.server_error",
     },
     "epoll": {"stale_events", "half_closed", "waiting_epollout", "unsent_bytes"},
     "pool": {"refused.online_limit", "refused.storm", "pool.total", "pool.free", "pool.recycling"},

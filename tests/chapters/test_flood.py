@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from common.protocol import PING_PACKET, MsgCode, crc32, encode_packet, pack_header
 from tests.conftest import (
     CHAPTERS,
+    FakeClock,
+    ServerClosed,
     assert_closed_by_server,
     feature_modules,
     load_chapter,
@@ -26,25 +26,26 @@ ORIGINAL = {
 pytestmark = pytest.mark.features("flood")
 
 
-def _lockstep(sock, limit: int, pause: float = 0.0) -> int:
-    """Ping, wait for the reply, repeat; return how many replies came before EOF."""
-    pace = threading.Event()
+def _lockstep(sock, limit: int, clock: FakeClock | None = None, gap: float = 0.0) -> int:
+    """Ping, wait for the reply, repeat; return how many replies came before the server
+    closed. With ``clock``, each ping comes ``gap`` seconds of the server's clock after
+    the one before, whatever the real time between them (a loaded machine included)."""
     replies = 0
-    try:
-        for _ in range(limit):
+    for _ in range(limit):
+        if clock is not None:
+            clock.now += gap
+        try:
             sock.sendall(PING_PACKET)
-            if recv_exactly(sock, 8) != PING_PACKET:
-                break
-            replies += 1
-            if pause:
-                pace.wait(pause)  # pacing the client, not synchronising with the server
-    except (AssertionError, ConnectionResetError, BrokenPipeError):
-        pass
+            reply = recv_exactly(sock, 8)
+        except (ServerClosed, ConnectionResetError, BrokenPipeError):
+            break  # the server closed: kicked
+        assert reply == PING_PACKET  # a wrong reply is a failure, not a kick
+        replies += 1
     return replies
 
 
 def test_lockstep_pinger_gets_10_replies_then_eof(serve):
-    srv = serve(**ORIGINAL)
+    srv = serve(clock=FakeClock(), **ORIGINAL)  # the clock stands still: every gap is 0
     with srv.raw() as sock:
         assert _lockstep(sock, 50) == 10
         assert_closed_by_server(sock)
@@ -52,29 +53,45 @@ def test_lockstep_pinger_gets_10_replies_then_eof(serve):
 
 
 def test_pinger_slower_than_the_interval_is_never_kicked(serve):
-    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=30, Sock_FloodKickCounter=3)
+    clock = FakeClock()
+    srv = serve(
+        clock=clock,
+        Sock_FloodAttackKickEnable=1,
+        Sock_FloodTimeInterval=30,
+        Sock_FloodKickCounter=3,
+    )
     with srv.raw() as sock:
-        assert _lockstep(sock, 12, pause=0.06) == 12
+        assert _lockstep(sock, 12, clock, gap=0.031) == 12
     assert srv.stats()["kicks"]["flood"] == 0
 
 
 def test_bursts_shorter_than_the_count_with_gaps_are_never_kicked(serve):
-    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=30, Sock_FloodKickCounter=5)
-    pace = threading.Event()
+    clock = FakeClock()
+    srv = serve(
+        clock=clock,
+        Sock_FloodAttackKickEnable=1,
+        Sock_FloodTimeInterval=125,
+        Sock_FloodKickCounter=5,
+    )
     with srv.raw() as sock:
         for _ in range(4):
             sock.sendall(PING_PACKET * 5)  # 5 packets: the count reaches 4, not 5
             assert recv_exactly(sock, 40) == PING_PACKET * 5
-            pace.wait(0.06)
+            clock.now += 0.125  # exactly the interval (exact in binary): not "too close"
     assert srv.stats()["kicks"]["flood"] == 0
 
 
 def test_bad_crc_packets_count_towards_the_flood(serve):
-    srv = serve(Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=1000, Sock_FloodKickCounter=3)
+    srv = serve(
+        clock=FakeClock(),
+        Sock_FloodAttackKickEnable=1,
+        Sock_FloodTimeInterval=1000,
+        Sock_FloodKickCounter=3,
+    )
     body = b"x" * 96
     bad = pack_header(8 + len(body), MsgCode.LOGIN, crc32(body) ^ 1) + body
     with srv.raw() as sock:
-        sock.sendall(bad * 3 + PING_PACKET)  # 4 packets in 1 s: the 4th makes count 3
+        sock.sendall(bad * 3 + PING_PACKET)  # 4 packets at one instant: the 4th makes count 3
         assert_closed_by_server(sock)
     # Only the bad packets can have pushed the count to 3 before the ping arrived.
     wait_until(lambda: srv.stats()["kicks"]["flood"] == 1)

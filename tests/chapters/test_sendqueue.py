@@ -322,45 +322,86 @@ def test_client_that_stops_reading_is_kicked_by_the_heartbeat(serve):
 
 
 class SlowStore(UserStore):
-    """Each register takes 50 ms, like a real password hash (work inside the server,
-    not a sleep used to synchronise the test)."""
+    """Each register takes 50 ms, like a real password hash (work inside the server, not a
+    sleep used to synchronise the test); ``done`` counts the registers finished."""
 
     def __init__(self) -> None:
         super().__init__(":memory:", iterations=1000)
         self.pace = threading.Event()
+        self.done = 0
 
     def register(self, username: str, password: str) -> Status:
         self.pace.wait(0.05)
-        return super().register(username, password)
+        status = super().register(username, password)
+        self.done += 1
+        return status
 
 
 def test_a_client_pipelining_slow_requests_does_not_starve_others(serve):
-    """One worker, one client with 40 slow registers queued: another client's ping gets a
-    turn after at most one of them, not after all 40."""
+    """One worker, one client with 40 slow registers queued: another client's ping is
+    answered after at most one more of them (the greedy client's turn), not after all 40.
+    Counted in registers finished between the ping's arrival and its answer, not in time."""
     srv = serve(ProcMsgRecvWorkThreadCount=1)
-    srv.server.logic.store = SlowStore()
+    store = srv.server.logic.store = SlowStore()
+    marks: dict[str, int] = {}
+    submit, handle = srv.server.workers.submit, srv.server.logic.handle
+
+    def submit_watched(conn, generation, packets):
+        if any(p.code == MsgCode.PING for p in packets):
+            marks.setdefault("ping arrived", store.done)
+        submit(conn, generation, packets)
+
+    def handle_watched(packet):
+        if packet.code == MsgCode.PING:
+            marks.setdefault("ping answered", store.done)
+        return handle(packet)
+
+    srv.server.workers.submit = submit_watched
+    srv.server.logic.handle = handle_watched
     with srv.raw(timeout=30) as greedy, srv.raw(timeout=30) as other:
         greedy.sendall(b"".join(register_packet(f"g{i}", "pw") for i in range(40)))
         assert recv_exactly(greedy, 108) == register_reply(Status.OK, "g0")
         other.sendall(PING_PACKET)
         assert recv_exactly(other, 8) == PING_PACKET
-        # The ping came back while most of the greedy client's work is still queued.
-        greedy.setblocking(False)
-        waiting = bytearray()
-        try:
-            while True:
-                chunk = greedy.recv(65536)
-                if not chunk:
-                    break
-                waiting += chunk
-        except BlockingIOError:
-            pass
-        assert len(waiting) < 10 * 108, "the ping waited behind the greedy client's batch"
-        greedy.setblocking(True)
-        rest = recv_exactly(greedy, 39 * 108 - len(waiting))
-        assert bytes(waiting) + rest == b"".join(
-            register_reply(Status.OK, f"g{i}") for i in range(1, 40)
-        )
+        assert marks["ping answered"] - marks["ping arrived"] <= 1
+        assert marks["ping answered"] < 40  # the greedy client still had work queued
+        rest = recv_exactly(greedy, 39 * 108)
+        assert rest == b"".join(register_reply(Status.OK, f"g{i}") for i in range(1, 40))
+
+
+def test_no_request_waits_behind_another_clients_while_a_worker_is_idle(serve):
+    """Four workers, three of them held inside registers that cannot finish yet: the
+    fourth answers every other client's requests. (A worker that took several clients at
+    once could hold pings behind a register while another worker sat idle.)"""
+    srv = serve(ProcMsgRecvWorkThreadCount=4)
+    store = srv.server.logic.store = GatedStore()
+    inside = threading.Semaphore(0)
+    register = store.register
+
+    def register_counted(username: str, password: str) -> Status:
+        inside.release()
+        return register(username, password)
+
+    store.register = register_counted
+    holders = [srv.raw(timeout=30) for _ in range(3)]
+    pingers = [srv.raw(timeout=30) for _ in range(30)]
+    try:
+        for i, sock in enumerate(holders):
+            sock.sendall(register_packet(f"held{i}", "pw"))
+        for _ in holders:
+            assert inside.acquire(timeout=10)  # three workers are now held
+        for sock in pingers:
+            sock.sendall(PING_PACKET * 3)
+        for sock in pingers:
+            assert recv_exactly(sock, 24) == PING_PACKET * 3
+        assert not store.gate.is_set()  # all answered while the three were still held
+        store.gate.set()
+        for i, sock in enumerate(holders):
+            assert recv_exactly(sock, 108) == register_reply(Status.OK, f"held{i}")
+    finally:
+        store.gate.set()
+        for sock in holders + pingers:
+            sock.close()
 
 
 # -- unit: the send queue on its own -------------------------------------------------------

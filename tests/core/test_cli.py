@@ -8,35 +8,32 @@ exit 0, the goodbye line and no traceback. Every subprocess is killed in a ``fin
 
 from __future__ import annotations
 
-import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common.protocol import PING_PACKET, Login, MsgCode, Register, Status, encode_packet
-from tests.conftest import CHAPTERS, ROOT, RunningServer, recv_exactly, test_config
+from tests.conftest import (
+    CHAPTERS,
+    ENV,
+    LISTENING,
+    ROOT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Proc,
+    RunningServer,
+    recv_exactly,
+    test_config,
+)
 from tools.client import Client, login_packet, register_packet
 from tools.client import main as client_main
-
-START_TIMEOUT = 30  # a cold start imports rich; a loaded 2-core box can take seconds
-STOP_TIMEOUT = 20
-ENV = {
-    **os.environ,
-    "COLUMNS": "200",  # rich must not wrap the lines we look for
-    "PYTHONIOENCODING": "utf-8",
-    "PYTHONUNBUFFERED": "1",
-    "NO_COLOR": "1",
-}
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 SMOKE_CONFIG = """\ufeff# smoke test: any free port, throwaway users, cheap hashes
 ListenPort0 = 0
@@ -50,79 +47,6 @@ def smoke_conf(tmp_path: Path) -> Path:
     path = tmp_path / "smoke.conf"
     path.write_text(SMOKE_CONFIG, encoding="utf-8")
     return path
-
-
-class Proc:
-    """A subprocess whose stderr is read line by line on a thread, so the test can wait
-    for a line with a deadline instead of blocking on a pipe."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=ENV,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=True,  # a Ctrl-C on pytest does not reach it twice
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self._queue.put(line)
-        self._queue.put(None)  # EOF
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line matching {pattern.pattern!r}; stderr: {self.text}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(
-                    f"exited ({self.popen.poll()}) before {pattern.pattern!r}; stderr: {self.text}"
-                )
-            self.lines.append(line)
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def finish(self, timeout: float) -> int:
-        """Wait for exit and for the whole of stderr; return the exit code."""
-        code = self.popen.wait(timeout=timeout)
-        self._reader.join(timeout=timeout)
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.lines.append(line)
-        return code
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=STOP_TIMEOUT)
-        self._reader.join(timeout=STOP_TIMEOUT)  # EOF once the process is gone
-        if self.popen.stderr is not None:
-            self.popen.stderr.close()
 
 
 def run(args: list[str], timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:

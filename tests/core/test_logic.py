@@ -124,14 +124,25 @@ def test_drop_reasons_in_validation_order(logic, pkt, reason):
 
 
 def test_every_drop_reason_is_covered():
-    # keeps the table above honest when a reason is added
+    # keeps the table above (and the handler test below) honest when a reason is added
     assert {r.value for r in DropReason} == {
         "bad_crc",
         "crc_on_empty",
         "unknown_code",
         "wrong_size",
         "body_on_ping",
+        "server_error",
     }
+
+
+@pytest.mark.parametrize("code, body", [(MsgCode.REGISTER, GOOD_REGISTER)])
+def test_a_handler_that_raises_costs_only_that_requests_reply(logic, monkeypatch, code, body):
+    def broken(_body: bytes) -> Outcome:
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setattr(logic, "_register", broken)
+    assert logic.handle(packet(code, body)) == Outcome(None, DropReason.SERVER_ERROR, False)
+    assert logic.handle(packet(MsgCode.PING)) == PING_OUTCOME  # the logic still works
 
 
 def test_register_ignores_request_itype(logic):
