@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rich.console import Console
 
 from common.protocol import HEADER_LEN, PKG_MAX_ACCEPTED
+from tools.progress import progress_bar
 
 from .base import (
     DEFAULT_HOST,
@@ -111,7 +114,7 @@ TOOLS: dict[str, _Tool] = {
     "slow-reader": _Tool(
         "pipeline requests on one connection and never read a reply (meets chapter 4's "
         "send-backlog kick; in chapter 6 the flood kick gets there first unless "
-        "Sock_FloodAttackKickEnable = 0)",
+        "Sock_FloodAttackKickEnable = 0 or --paced)",
         run_slow_reader,
         200_000,
         "requests to send",
@@ -207,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="BYTES",
                 help="our SO_RCVBUF, small so the replies back up fast (default: %(default)s)",
             )
+            sub.add_argument(
+                "--paced",
+                action="store_true",
+                help="no burst (--count is not used): 4 requests every 150 ms, under chapter "
+                "6's flood rule, so the send-backlog kick meets it; with the shipped "
+                "config that takes minutes (the kernel buffers megabytes first): lower "
+                "Sock_SendBufferSize and Sock_SendBacklogLimit to watch it",
+            )
         elif name == "churn":
             sub.add_argument(
                 "--hold",
@@ -216,16 +227,66 @@ def build_parser() -> argparse.ArgumentParser:
                 help="connections to open first and keep open, to fill the server's pool "
                 "(default: %(default)s)",
             )
+    _add_soak(subparsers)
     return parser
 
 
-_EXTRA_OPTIONS = ("length", "interval", "request", "rcvbuf", "hold")
+def _add_soak(subparsers: argparse._SubParsersAction) -> None:
+    help_text = (
+        "start a chapter and run every attack at once against it for --seconds, while "
+        "well-behaved clients check every reply; report each defence's counter, the good "
+        "clients' lost replies and latency, and the server's memory, descriptors and "
+        "threads (Linux; exit 1 if a good reply was lost or anything failed to settle)"
+    )
+    soak = subparsers.add_parser(
+        "soak", help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+    )
+    soak.add_argument(
+        "--chapter",
+        metavar="NAME",
+        help="the chapter to start, e.g. 06_flood or 06 (default: the newest); it runs on "
+        "an ephemeral port on 127.0.0.1 with the soak's own config",
+    )
+    soak.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=60.0,
+        help="how long the attacks run; give it 15 or more, or the paced slow reader may "
+        "not be kicked in time (default: %(default)s)",
+    )
+    soak.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="memory is compared from the end of the warm-up on (default: a quarter of "
+        "--seconds, at most 30)",
+    )
+    soak.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=4,
+        help="well-behaved clients (default: %(default)s)",
+    )
+    soak.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=20,
+        help="connections idle and slowloris each hold at a time (default: %(default)s)",
+    )
+
+
+_EXTRA_OPTIONS = ("length", "interval", "request", "rcvbuf", "paced", "hold")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tool = TOOLS[args.tool]
+    parser = build_parser()
+    args = parser.parse_args(argv)
     err = Console(stderr=True)
+    if args.tool == "soak":
+        if args.warmup is not None and args.warmup >= args.seconds:
+            parser.error("--warmup must be shorter than --seconds")
+        return _soak(args, err)
+    tool = TOOLS[args.tool]
     extra = {name: getattr(args, name) for name in _EXTRA_OPTIONS if hasattr(args, name)}
 
     def fail(message: str, code: int) -> int:
@@ -235,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Checked before anything else, so a refused target never sees a packet.
         resolve_target(args.host, args.port)
-        start = f"{args.tool} -> {host_port(args.host, args.port)} (up to {args.duration:g} s)"
-        with _status(err, start) as progress:
+        start = f"{args.tool} -> {host_port(args.host, args.port)}"
+        with progress_line(err, start, args.duration) as progress:
             if progress is not None and args.tool in _PROGRESS_TOOLS:
                 extra["progress"] = progress
             report = tool.run(
@@ -261,15 +322,56 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The long-running tools report progress on the spinner line while they run.
-_PROGRESS_TOOLS = frozenset({"idle", "slowloris", "churn"})
+def _soak(args: argparse.Namespace, err: Console) -> int:
+    from .soak import run_soak  # imports the benchmark's runner: only when asked for
+
+    try:
+        with progress_line(err, "soak: starting the server", args.seconds) as progress:
+            report = run_soak(
+                args.chapter,
+                args.seconds,
+                warmup=args.warmup,
+                clients=args.clients,
+                connections=args.connections,
+                progress=progress,
+            )
+    except AttackError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted", highlight=False)
+        return 130
+    console = Console()
+    console.print(report.tables())
+    console.print(f"[bold]soak:[/] {report.verdict()}", highlight=False, soft_wrap=True)
+    return 0 if report.ok else 1
+
+
+# The tools that describe their progress in words; the bar itself follows the clock.
+_PROGRESS_TOOLS = frozenset({"idle", "slowloris", "churn", "slow-reader"})
 
 
 @contextlib.contextmanager
-def _status(console: Console, message: str) -> Iterator[Progress | None]:
-    """A spinner while an attack runs, on a terminal only; yields its update function."""
-    if console.is_terminal:
-        with console.status(message) as status:
-            yield lambda text: status.update(text)
-    else:
-        yield None
+def progress_line(console: Console, description: str, seconds: float) -> Iterator[Progress | None]:
+    """A progress bar (``tools.progress``) that fills as ``seconds`` pass: every tool stops
+    by then, most sooner. Yields the function that replaces the bar's description with the
+    tool's own words, or None when stderr is not a terminal (the bar is silent then)."""
+    with progress_bar(console) as bar:
+        if bar.disable:
+            yield None
+            return
+        task = bar.add_task(description, total=seconds)
+        start = time.monotonic()
+        done = threading.Event()
+
+        def follow_the_clock() -> None:
+            while not done.wait(0.1):
+                bar.update(task, completed=min(seconds, time.monotonic() - start))
+
+        clock = threading.Thread(target=follow_the_clock, name="progress", daemon=True)
+        clock.start()
+        try:
+            yield lambda text: bar.update(task, description=text)
+        finally:
+            done.set()
+            clock.join(timeout=1)

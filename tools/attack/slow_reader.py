@@ -4,6 +4,7 @@ send-backlog kick)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import selectors
 import socket
 import time
@@ -18,6 +19,7 @@ from .base import (
     DEFAULT_PORT,
     TCP_CLOSE,
     TCP_CLOSE_WAIT,
+    Progress,
     Report,
     first_connect,
     resolve_target,
@@ -35,18 +37,25 @@ class SlowReaderReport(Report):
     how: str  # how the close showed itself, or why the run ended
     kicked_after: float | None  # seconds after connecting
     replies_read: int
+    paced: bool = False  # a ping first in every small group, instead of one burst
+
+    @property
+    def requests(self) -> str:
+        if self.paced and self.request != "ping":
+            return f"{self.request}s and pings"
+        return f"{self.request}s"
 
     def verdict(self) -> str:
         if self.kicked:
             return (
                 f"kicked after {self.kicked_after:.2f} s ({self.how}); "
-                f"{self.requests_sent} {self.request}s ({self.bytes_sent:,} bytes) sent"
+                f"{self.requests_sent} {self.requests} ({self.bytes_sent:,} bytes) sent"
             )
         return f"not kicked: {self.how}"
 
     def rows(self) -> list[tuple[str, str]]:
         return [
-            ("requests sent", f"{self.requests_sent:,} {self.request}s"),
+            ("requests sent", f"{self.requests_sent:,} {self.requests}"),
             ("bytes sent", f"{self.bytes_sent:,}"),
             ("replies read at the end", f"{self.replies_read:,}"),
             ("kicked", f"yes, after {self.kicked_after:.2f} s" if self.kicked else "no"),
@@ -66,6 +75,12 @@ def _request_bytes(kind: str) -> bytes:
 # After the burst, the slow reader sends this many more requests at this interval.
 TRICKLE = 100
 TRICKLE_INTERVAL = 0.1
+# Paced: no burst, a group of this many requests at this interval from the start, a ping
+# first. Chapter 6 kicks a client after 10 packets in a row each less than 100 ms after
+# the previous one; groups of 4 with 150 ms between them stay far from that, even when a
+# loaded server reads two groups in one go and sees 8 packets arrive at once.
+PACED_GROUP = 4
+PACED_INTERVAL = 0.15
 
 
 def run_slow_reader(
@@ -77,18 +92,40 @@ def run_slow_reader(
     timeout: float = 5.0,
     request: str = "login",
     rcvbuf: int = 1024,
+    paced: bool = False,
+    progress: Progress | None = None,
 ) -> SlowReaderReport:
     """One connection with a small receive buffer pipelines ``count`` requests as fast as
     the server takes them, then ``TRICKLE`` more every ``TRICKLE_INTERVAL`` seconds, and
-    reads nothing until the server
-    has closed it or ``duration`` is up; then it reads what is left, to see the EOF or
-    reset, or every reply if it was never kicked."""
+    reads nothing until the server has closed it or ``duration`` is up; then it reads
+    what is left, to see the EOF or reset, or every reply if it was never kicked.
+
+    ``paced``: no burst (``count`` is not used); a group of ``PACED_GROUP`` requests, a
+    ping and then the others, every ``PACED_INTERVAL`` seconds from the start. This reader
+    breaks no other rule: it stays under chapter 6's flood rule and its pings satisfy the
+    heartbeat, so only the send-backlog kick can meet it (the flood kick does not make the
+    backlog kick redundant)."""
     one = _request_bytes(request)
     target = resolve_target(host, port)
     start = time.monotonic()
     deadline = start + duration
-    total = count * len(one)  # bytes to send; grows by one request per trickle tick
-    chunk = one * max(1, 65536 // len(one))
+    # What one tick sends: one request (a burst is many of them), or a paced group.
+    if paced:
+        unit = [ping_packet()] + [one] * (PACED_GROUP - 1)
+        ticks, interval = 1, PACED_INTERVAL
+    else:
+        unit, ticks, interval = [one], TRICKLE, TRICKLE_INTERVAL
+    unit_bytes = b"".join(unit)
+    total = 0 if paced else count * len(unit_bytes)  # bytes to send; grows every tick
+    next_progress = 0.0
+    chunk = unit_bytes * max(1, 65536 // len(unit_bytes))
+
+    def requests_in(n_bytes: int) -> int:
+        """Whole requests in the first ``n_bytes`` of the stream."""
+        whole, rest = divmod(n_bytes, len(unit_bytes))
+        ends = itertools.accumulate(len(r) for r in unit)
+        return whole * len(unit) + sum(end <= rest for end in ends)
+
     bytes_sent = 0
     how = ""
     kicked_at: float | None = None
@@ -115,19 +152,24 @@ def run_slow_reader(
                 if reason := closed_state():
                     how, kicked_at = reason, now
                     break
+                if progress is not None and now >= next_progress:
+                    next_progress = now + 0.25
+                    progress(
+                        f"slow-reader: {requests_in(bytes_sent):,} requests sent, not kicked yet"
+                    )
                 if bytes_sent >= total:
-                    # The burst is out; keep asking, a little at a time. Two reasons: a
-                    # server that took the whole burst before its buffer filled has
-                    # nothing more to hold against us until more replies pile up; and a
-                    # server that kicked us while its buffer still held replies for us
-                    # sends its FIN only after them, which we would never see without
-                    # reading, while a request arriving at the closed socket is answered
-                    # with a reset.
+                    # The burst is out (or, paced, there is none); keep asking, a little at
+                    # a time. Two reasons: a server that took the whole burst before its
+                    # buffer filled has nothing more to hold against us until more
+                    # replies pile up; and a server that kicked us while its buffer still
+                    # held replies for us sends its FIN only after them, which we would
+                    # never see without reading, while a request arriving at the closed
+                    # socket is answered with a reset.
                     if now < next_trickle:
                         time.sleep(min(next_trickle, deadline) - now)
                         continue
-                    total += TRICKLE * len(one)
-                    next_trickle = now + TRICKLE_INTERVAL
+                    total += ticks * len(unit_bytes)
+                    next_trickle = now + interval
                 if not selector.select(min(0.05, deadline - now)):
                     continue
                 pos = bytes_sent % len(chunk)
@@ -140,7 +182,7 @@ def run_slow_reader(
                     how = f"{exc.strerror or exc} on send"
                     kicked_at = time.monotonic()
         # Finally read: the replies still buffered, then EOF or a reset if kicked.
-        sent = bytes_sent // len(one)
+        sent = requests_in(bytes_sent)
         parser = PacketParser()
         replies = 0
         # The attack is over: a big buffer now, or megabytes of replies crawl through a
@@ -179,6 +221,7 @@ def run_slow_reader(
         port=port,
         elapsed=time.monotonic() - start,
         request=request,
+        paced=paced,
         requests_sent=sent,
         bytes_sent=bytes_sent,
         kicked=kicked_at is not None,
