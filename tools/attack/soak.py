@@ -48,14 +48,16 @@ shortened so every defence fires within seconds, and the limits sized for the ru
 ========================================  ======================================================
 ``worker_connections``                    ``clients + 2 * connections + 8``: every attacker fits,
                                           except when churn fills the pool on purpose
-``Sock_RecyConnectionWaitTime = 2``       churn's storm guard needs closed connections to
-                                          wait in the recycle queue (shipped: 150 s)
+``Sock_RecyConnectionWaitTime = 2``       short, so the storm guard lets clients in again
+                                          2 s after churn stops (shipped: 150 s), and long
+                                          enough that churn at 150 connects/s or more on a
+                                          loaded machine still trips it
 ``Sock_MaxWaitTime = 1``,                 silent clients are kicked after ``3 * 1 + 1 = 4`` s
 ``Sock_PingGraceTime = 1``                (shipped: 80 s); the good clients ping every cycle
-``Sock_SendBufferSize = 4096``,           the paced slow reader is kicked after about 170
-``Sock_SendBacklogLimit = 100``           replies instead of thousands (the kernel would
-                                          otherwise buffer megabytes first); a good client
-                                          never has more than 4 replies outstanding
+``Sock_SendBufferSize = 4096``,           the paced slow reader is kicked after about 150
+``Sock_SendBacklogLimit = 50``            requests (6 s) instead of minutes (the kernel
+                                          would buffer megabytes first); a good client never
+                                          has more than 4 replies outstanding
 ``UserDatabase = :memory:``,              the user table holds the good clients' names only,
 ``PasswordHashIterations = 1000``         so memory stays flat; cheap hashing so logins are
                                           not the bottleneck
@@ -149,7 +151,7 @@ ListenPortCount = 1
 ListenPort0 = 0
 LogLevel = 6
 worker_connections = {worker_connections}
-Sock_RecyConnectionWaitTime = 1
+Sock_RecyConnectionWaitTime = 2
 ProcMsgRecvWorkThreadCount = 4
 Sock_SendQueueLimit = 50000
 Sock_SendBacklogLimit = 50
@@ -267,10 +269,10 @@ class Snapshot:
 
 
 SNAPSHOT_LABELS = {
-    "start": "start (no client yet)",
-    "after warm-up": "after the warm-up",
-    "end": "end (under attack)",
-    "after": "after (every client gone)",
+    "start": "start (no client)",
+    "after warm-up": "after warm-up",
+    "end": "end (attacked)",
+    "after": "after (all gone)",
 }
 
 
@@ -608,6 +610,7 @@ class SoakReport:
     defences: dict[str, int] = field(default_factory=dict)
     expected: list[str] = field(default_factory=list)  # defences that must fire
     snapshots: list[Snapshot] = field(default_factory=list)
+    samples: list[Snapshot] = field(default_factory=list)  # between warm-up and end
     stopped_cleanly: bool = False
     problems: list[str] = field(default_factory=list)  # anything else that went wrong
 
@@ -713,6 +716,16 @@ class SoakReport:
         for column in ("when", "at", "RSS", "fds", "threads", "online", "CPU"):
             server.add_column(column, justify="left" if column == "when" else "right")
         for s in self.snapshots:
+            if s.label == "end" and self.samples:
+                server.add_row(
+                    f"{len(self.samples)} samples",
+                    f"{self.samples[0].at:.0f}-{self.samples[-1].at:.0f} s",
+                    _span([s.rss_kib for s in self.samples], lambda v: f"{v / 1024:.1f}", " MiB"),
+                    _span([s.fds for s in self.samples]),
+                    _span([s.threads for s in self.samples]),
+                    _span([s.online for s in self.samples]),
+                    "",
+                )
             server.add_row(
                 SNAPSHOT_LABELS.get(s.label, s.label),
                 f"{s.at:.0f} s",
@@ -723,6 +736,15 @@ class SoakReport:
                 "-" if s.cpu_s is None else f"{s.cpu_s:.1f} s",
             )
         return Group(good, tools, defences, server)
+
+
+def _span(values: list[int | None], show: Callable[[int], str] = str, unit: str = "") -> str:
+    """ "min-max" of the values that exist, or the one value if they are all equal."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    low, high = min(known), max(known)
+    return f"{show(low)}{unit}" if low == high else f"{show(low)}-{show(high)}{unit}"
 
 
 def find_chapter(name: str | None) -> str:
@@ -791,6 +813,8 @@ def run_soak(
         )
         hostile.start()
         warm_at = began + warmup
+        sample_every = max(1.0, (seconds - warmup) / 60)
+        next_sample = warm_at + sample_every
         while (now := time.monotonic()) < end:
             if not server.alive():
                 report.problems.append(f"the server exited during the soak: {server.tail[-1:]}")
@@ -800,6 +824,9 @@ def run_soak(
                 report.snapshots.append(
                     snapshot(server, "after warm-up", time.monotonic() - began, stats)
                 )
+            elif now >= next_sample and report.snap("after warm-up") is not None:
+                report.samples.append(snapshot(server, "sample", now - began, server.stats))
+                next_sample = now + sample_every
             if progress is not None:
                 progress(_progress_line(report, goods, server.stats))
             time.sleep(min(0.5, max(0.0, end - now)))
