@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--paced",
                 action="store_true",
-                help="no burst (--count is not used): 4 requests every 150 ms, under chapter "
-                "6's flood rule, so the send-backlog kick meets it; with the shipped "
-                "config that takes minutes (the kernel buffers megabytes first): lower "
+                help="no burst (--count is not used): a ping and 3 more requests every "
+                "150 ms, under chapter 6's flood rule and its heartbeat, so only the "
+                "send-backlog kick meets it; with the shipped config that takes more than "
+                "a minute (the kernel buffers the replies first): lower "
                 "Sock_SendBufferSize and Sock_SendBacklogLimit to watch it",
             )
         elif name == "churn":

@@ -55,9 +55,10 @@ shortened so every defence fires within seconds, and the limits sized for the ru
 ``Sock_MaxWaitTime = 1``,                 silent clients are kicked after ``3 * 1 + 1 = 4`` s
 ``Sock_PingGraceTime = 1``                (shipped: 80 s); the good clients ping every cycle
 ``Sock_SendBufferSize = 4096``,           the paced slow reader is kicked after about 150
-``Sock_SendBacklogLimit = 50``            requests (6 s) instead of minutes (the kernel
-                                          would buffer megabytes first); a good client never
-                                          has more than 4 replies outstanding
+``Sock_SendBacklogLimit = 50``            requests (5 s); with the shipped values it was not
+                                          kicked within a minute (the kernel took all its
+                                          replies into its buffers); a good client never has
+                                          more than 4 replies outstanding
 ``UserDatabase = :memory:``,              the user table holds the good clients' names only,
 ``PasswordHashIterations = 1000``         so memory stays flat; cheap hashing so logins are
                                           not the bottleneck
