@@ -3,20 +3,24 @@
 Each tool must report what the server actually did (kicked, closed at accept, skipped a
 header …), must refuse any target that is not loopback without sending it a single byte,
 and, while each attack runs against chapter 6, the server must keep answering a
-well-behaved client without losing or reordering any of its replies.
+well-behaved client without losing or reordering any of its replies. The soak runs them
+all at once for 20 s against chapter 6 (in a subprocess, as ``python -m tools.attack soak``
+does) and checks the same, plus the server's descriptors, threads and memory.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
 import threading
 
 import pytest
+from rich.console import Console
 
 from common.protocol import PING_PACKET, Login, MsgCode, Status, encode_packet
-from tests.conftest import ROOT, load_chapter, recv_exactly, wait_until
+from tests.conftest import CHAPTERS, ROOT, load_chapter, recv_exactly, wait_until
 from tools import attack
 from tools.attack import (
     NotLoopback,
@@ -28,7 +32,11 @@ from tools.attack import (
     run_idle,
     run_slow_reader,
     run_slowloris,
+    soak,
+    soak_server,
 )
+from tools.attack.cli import progress_line
+from tools.attack.soak import GoodClient, defence_counts, run_soak
 from tools.client import login_packet
 
 TOOLS = ["flood", "garbage", "slowloris", "slow-reader", "churn", "idle"]
@@ -201,7 +209,7 @@ def test_runs_as_a_module():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    for tool in TOOLS:
+    for tool in [*TOOLS, "soak"]:
         assert tool in result.stdout
 
 
@@ -441,3 +449,223 @@ def test_well_behaved_client_is_served_throughout(serve, tool):
     assert good.received == good.expected
     assert good.exchanges >= 4
     check_attack(tool, report)
+
+
+# -- slow-reader, paced: only the send-backlog kick can meet it ---------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.features("flood", "timers")
+def test_paced_slow_reader_meets_the_backlog_kick_not_flood_or_silence(serve):
+    """Groups of a ping and 3 logins every 150 ms: under the flood rule, and the pings
+    satisfy the heartbeat, so the send-backlog kick is what closes it. (A small send
+    buffer and backlog limit, or the kernel would buffer megabytes first.)"""
+    srv = serve(
+        **FLOOD,
+        Sock_WaitTimeEnable=1,
+        Sock_MaxWaitTime=1,
+        Sock_PingGraceTime=1,
+        Sock_SendBufferSize=4096,
+        Sock_SendBacklogLimit=50,
+    )
+    progress: list[str] = []
+    report = run_slow_reader(srv.host, srv.port, duration=30, paced=True, progress=progress.append)
+    assert report.kicked, report.verdict()
+    assert report.elapsed < 30  # the kick, not the time limit, ended it
+    assert progress[0] == "slow-reader: 0 requests sent, not kicked yet"
+    assert report.requests_sent > 50  # more than the backlog limit
+    assert "logins and pings" in report.verdict()
+    wait_until(lambda: srv.stats()["kicks"]["send_backlog"] == 1)
+    kicks = srv.stats()["kicks"]
+    assert (kicks["flood"], kicks["silence"]) == (0, 0)
+
+
+# -- progress bars ------------------------------------------------------------------------
+
+
+def test_progress_bar_shows_on_a_terminal_and_follows_the_tool():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    with progress_line(console, "idle -> 127.0.0.1:5678", 60) as progress:
+        assert progress is not None
+        progress("idle: 3 held open, 0 closed by the server")
+        wait_until(lambda: "idle: 3 held open, 0 closed by the server" in out.getvalue())
+    assert "left" in out.getvalue()  # the time-left column
+
+
+def test_progress_bar_is_silent_off_a_terminal():
+    out = io.StringIO()
+    with progress_line(Console(file=out, force_terminal=False), "idle", 60) as progress:
+        assert progress is None
+    assert out.getvalue() == ""
+
+
+# -- the soak -----------------------------------------------------------------------------
+
+
+def test_defence_counts_read_every_chapters_counters(chapter, serve):
+    """The raw counters the soak reads for chapters before 6 exist under those names, and
+    chapter 6's ``defences`` agrees with them."""
+    features = load_chapter(chapter).FEATURES
+    if "pool" not in features or chapter not in CHAPTERS:
+        pytest.skip(f"{chapter} has no defences the soak counts")
+    stats = serve().stats()
+    counts = defence_counts(stats, features)
+    assert counts == {name: 0 for name, _, feature in soak.DEFENCES if feature in features}
+    for _, key, feature in soak.DEFENCES:
+        if feature in features:
+            group, _, leaf = key.partition(".")
+            assert stats[group][leaf] == 0, key  # the raw counter exists under this name
+    if "defences" in stats:
+        assert set(counts) == set(stats["defences"])
+
+
+def test_defence_counts_from_raw_counters():
+    stats = {
+        "refused": {"online_limit": 2, "storm": 5},
+        "kicks": {"send_backlog": 1, "silence": 3, "timeout": 0},
+        "replies_dropped": {"queue_full": 7, "stale": 9},
+    }
+    assert defence_counts(stats, frozenset({"pool", "sendqueue", "timers"})) == {
+        "online_limit": 2,
+        "storm_guard": 5,
+        "send_backlog_kick": 1,
+        "send_queue_drop": 7,
+        "silence_kick": 3,
+        "timeout_kick": 0,
+    }
+
+
+def good_client() -> tuple[GoodClient, socket.socket, socket.socket]:
+    """A good client and a socket pair: the client's end, and the end a test plays the
+    server on (replies written there before the cycle are what the client reads)."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    client = GoodClient(0, resolve_target("127.0.0.1", 5678), threading.Event(), 0.0)
+    return client, ours, theirs
+
+
+def test_good_client_accepts_the_right_replies_and_times_each():
+    client, ours, theirs = good_client()
+    with ours, theirs:
+        theirs.sendall(b"".join(client.first) + b"".join(client.later))
+        assert client._cycle(ours, client.first)
+        assert client.registered
+        assert client._cycle(ours, client.later)
+    t = client.tally
+    assert (t.cycles, t.replies, t.lost, t.wrong, t.failures) == (2, 8, 0, 0, [])
+    assert len(t.latencies) == 8
+    # what the client sent: ping, register, login, login with a wrong password
+    assert client.request.startswith(PING_PACKET)
+
+
+def test_good_client_counts_a_wrong_byte():
+    client, ours, theirs = good_client()
+    replies = bytearray(b"".join(client.later))
+    replies[-1] ^= 0xFF  # the last reply's last byte (the BAD_PASSWORD login)
+    with ours, theirs:
+        theirs.sendall(replies)
+        assert not client._cycle(ours, client.later)  # and starts a new connection
+    t = client.tally
+    assert (t.replies, t.lost, t.wrong) == (3, 0, 1)
+    assert "reply 4 of 4 wrong" in t.failures[0]
+
+
+def test_good_client_counts_replies_lost_to_a_close():
+    client, ours, theirs = good_client()
+    with ours, theirs:
+        theirs.sendall(client.later[0] + client.later[1])  # two replies, then EOF
+        theirs.shutdown(socket.SHUT_WR)
+        assert not client._cycle(ours, client.later)
+    t = client.tally
+    assert (t.replies, t.lost, t.wrong) == (0, 2, 0)
+    assert "closed by the server after 2 of 4 replies" in t.failures[0]
+
+
+def test_good_client_counts_replies_that_never_come(monkeypatch):
+    monkeypatch.setattr(soak, "REPLY_TIMEOUT", 0.2)
+    client, ours, theirs = good_client()
+    ours.settimeout(0.2)
+    with ours, theirs:
+        theirs.sendall(client.later[0])
+        assert not client._cycle(ours, client.later)
+    assert (client.tally.lost, client.tally.wrong) == (3, 0)
+    assert "no reply 2 of 4 within 0.2 s" in client.tally.failures[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["soak", "--seconds", "0"],
+        ["soak", "--seconds", "10", "--warmup", "10"],
+        ["soak", "--clients", "0"],
+        ["soak", "--connections", "-1"],
+    ],
+)
+def test_soak_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("chapter", "message"),
+    [
+        ("nope", "error: unknown chapter 'nope': choose one of 01_listen, "),
+        ("01", "error: 01_listen serves one client at a time: a soak needs chapter 2 or later"),
+    ],
+)
+def test_soak_refuses_what_it_cannot_soak(chapter, message, capsys):
+    assert main(["soak", "--chapter", chapter, "--seconds", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_soak_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["soak", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--chapter", "--seconds", "--warmup", "--clients", "--connections"):
+        assert option in out
+
+
+def test_soak_server_refuses_an_unknown_chapter(capsys):
+    with pytest.raises(SystemExit) as exc:
+        soak_server.main(["nope", "--config", "nginx.conf"])
+    assert exc.value.code == 2
+    assert "no chapter 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_soak_20_seconds_against_chapter_6():
+    """Every attack at once for 20 s: no good reply lost or wrong, every defence an attack
+    aims at fired, descriptors and threads back to where they started once everyone has
+    gone, resident memory within the bound, and a clean stop."""
+    report = run_soak("06_flood", 20)
+    assert report.good.failures == [], report.good.failures
+    assert (report.good.lost, report.good.wrong) == (0, 0)
+    assert report.good.replies >= 4 * report.clients  # every client did a cycle, at least
+    assert report.good.replies == 4 * report.good.cycles
+    assert report.expected == [
+        "online_limit",
+        "storm_guard",
+        "send_backlog_kick",
+        "silence_kick",
+        "flood_kick",
+        "malformed_close",
+    ]
+    fired = {name: report.defences[name] for name in report.expected}
+    assert all(fired.values()), fired
+    assert report.defences["timeout_kick"] == 0  # off in the soak's config
+    assert all(tally.runs > 0 for tally in report.hostile), report.hostile
+    start, after = report.snap("start"), report.snap("after")
+    assert (after.fds, after.threads) == (start.fds, start.threads)
+    assert after.online == 0
+    assert report.rss_growth_kib is not None
+    assert report.rss_growth_kib <= soak.RSS_GROWTH_LIMIT_MIB * 1024
+    assert report.stopped_cleanly
+    assert report.ok, report.verdict()
+    assert report.verdict().startswith("passed: ")
