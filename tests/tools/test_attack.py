@@ -322,7 +322,7 @@ def test_slow_reader_is_kicked_by_the_heartbeat(serve):
 
 def test_slow_reader_not_kicked_before_the_send_queue(chapter, serve):
     if has(chapter, "sendqueue"):
-        pytest.skip(f"{chapter} has the send queue (and its backlog kick)")
+        pytest.skip("from chapter 4 a client that does not read is read no more")
     srv = serve()
     report = run_slow_reader(srv.host, srv.port, count=5000, duration=0.5, request="login")
     assert not report.kicked, report.verdict()
@@ -425,7 +425,7 @@ def check_attack(tool: str, report: attack.Report) -> None:
     elif tool in ("slowloris", "idle"):
         assert report.closed == report.opened == 3
     elif tool == "slow-reader":
-        assert report.kicked  # by the flood kick, the backlog kick or both: all the same here
+        assert report.kicked  # by the flood kick, the send-stall kick or both: all the same here
     elif tool == "churn":
         assert (report.cycles, report.held_answered) == (20, 5)
 
@@ -451,31 +451,30 @@ def test_well_behaved_client_is_served_throughout(serve, tool):
     check_attack(tool, report)
 
 
-# -- slow-reader, paced: only the send-backlog kick can meet it ---------------------------
+# -- slow-reader, paced: only the send-stall kick can meet it -----------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.features("flood", "timers")
-def test_paced_slow_reader_meets_the_backlog_kick_not_flood_or_silence(serve):
-    """Groups of a ping and 3 logins every 150 ms: under the flood rule, and the pings
-    satisfy the heartbeat, so the send-backlog kick is what closes it. (A small send
-    buffer and backlog limit, or the kernel would buffer megabytes first.)"""
+def test_paced_slow_reader_meets_the_send_stall_kick_not_flood_or_silence(serve):
+    """Groups of a ping and 3 logins every 150 ms: under the flood rule, and pinging; but
+    once its replies wait, the server reads it no more, and it takes none of them: the
+    send-stall kick closes it. (A small send buffer, or the kernel would buffer megabytes
+    first.)"""
     srv = serve(
         **FLOOD,
         Sock_WaitTimeEnable=1,
         Sock_MaxWaitTime=1,
         Sock_PingGraceTime=1,
         Sock_SendBufferSize=4096,
-        Sock_SendBacklogLimit=50,
     )
     progress: list[str] = []
     report = run_slow_reader(srv.host, srv.port, duration=30, paced=True, progress=progress.append)
     assert report.kicked, report.verdict()
     assert report.elapsed < 30  # the kick, not the time limit, ended it
     assert progress[0] == "slow-reader: 0 requests sent, not kicked yet"
-    assert report.requests_sent > 50  # more than the backlog limit
     assert "logins and pings" in report.verdict()
-    wait_until(lambda: srv.stats()["kicks"]["send_backlog"] == 1)
+    wait_until(lambda: srv.stats()["kicks"]["send_stall"] == 1)
     kicks = srv.stats()["kicks"]
     assert (kicks["flood"], kicks["silence"]) == (0, 0)
 
@@ -516,22 +515,19 @@ def test_defence_counts_read_every_chapters_counters(chapter, serve):
         if feature in features:
             group, _, leaf = key.partition(".")
             assert stats[group][leaf] == 0, key  # the raw counter exists under this name
-    if "defences" in stats:
-        assert set(counts) == set(stats["defences"])
 
 
 def test_defence_counts_from_raw_counters():
     stats = {
         "refused": {"online_limit": 2, "storm": 5},
-        "kicks": {"send_backlog": 1, "silence": 3, "timeout": 0},
-        "replies_dropped": {"queue_full": 7, "stale": 9},
+        "kicks": {"send_stall": 1, "silence": 3, "timeout": 0},
+        "replies_dropped": {"stale": 9},
     }
     assert defence_counts(stats, frozenset({"pool", "sendqueue", "timers"})) == {
         "online_limit": 2,
         "storm_guard": 5,
-        "send_backlog_kick": 1,
-        "send_queue_drop": 7,
         "silence_kick": 3,
+        "send_stall_kick": 1,
         "timeout_kick": 0,
     }
 
@@ -652,8 +648,8 @@ def test_soak_20_seconds_against_chapter_6():
     assert report.expected == [
         "online_limit",
         "storm_guard",
-        "send_backlog_kick",
         "silence_kick",
+        "send_stall_kick",
         "flood_kick",
         "malformed_close",
     ]

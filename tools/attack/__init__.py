@@ -10,7 +10,7 @@ tool            what it does                                  the defence it mee
 ``flood``       pings back-to-back on one connection          flood kick (chapter 6)
 ``garbage``     a header with an impossible length            malformed close (ch. 6)
 ``slowloris``   partial packets, a byte now and then          silence kick (chapter 5)
-``slow-reader`` pipelines requests and never reads a reply    backlog kick (chapter 4)
+``slow-reader`` pipelines requests and never reads a reply    send-stall kick (ch. 5)
 ``churn``       connects and disconnects as fast as it can    online limit (chapter 3)
 ``idle``        connects and sends nothing                    silence kick (chapter 5)
 ==============  ============================================  ==========================

@@ -113,8 +113,8 @@ TOOLS: dict[str, _Tool] = {
     ),
     "slow-reader": _Tool(
         "pipeline requests on one connection and never read a reply (meets chapter 4's "
-        "send-backlog kick; in chapter 6 the flood kick gets there first unless "
-        "Sock_FloodAttackKickEnable = 0 or --paced)",
+        "backpressure: it is read no more; and chapter 5's send-stall kick; in chapter 6 "
+        "the flood kick gets there first unless Sock_FloodAttackKickEnable = 0 or --paced)",
         run_slow_reader,
         200_000,
         "requests to send",
@@ -214,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--paced",
                 action="store_true",
                 help="no burst (--count is not used): a ping and 3 more requests every "
-                "150 ms, under chapter 6's flood rule and its heartbeat, so only the "
-                "send-backlog kick meets it; with the shipped config that takes more than "
-                "a minute (the kernel buffers the replies first): lower "
-                "Sock_SendBufferSize and Sock_SendBacklogLimit to watch it",
+                "150 ms, under chapter 6's flood rule, so only the send-stall kick meets "
+                "it; with the shipped config that takes a few minutes (the kernel buffers "
+                "the replies first, then the heartbeat's 70 s): lower Sock_SendBufferSize, "
+                "Sock_MaxWaitTime and Sock_PingGraceTime to watch it",
             )
         elif name == "churn":
             sub.add_argument(

@@ -1,5 +1,5 @@
 """``slow-reader``: pipeline requests and never read a reply (meets chapter 4's
-send-backlog kick)."""
+backpressure, and chapter 5's send-stall kick)."""
 
 from __future__ import annotations
 
@@ -102,9 +102,9 @@ def run_slow_reader(
 
     ``paced``: no burst (``count`` is not used); a group of ``PACED_GROUP`` requests, a
     ping and then the others, every ``PACED_INTERVAL`` seconds from the start. This reader
-    breaks no other rule: it stays under chapter 6's flood rule and its pings satisfy the
-    heartbeat, so only the send-backlog kick can meet it (the flood kick does not make the
-    backlog kick redundant)."""
+    breaks no other rule: it stays under chapter 6's flood rule and pings, so only the
+    send-stall kick can meet it: once its replies wait, the server reads it no more (its
+    pings included), and after the heartbeat's timeout without taking a byte it goes."""
     one = _request_bytes(request)
     target = resolve_target(host, port)
     start = time.monotonic()

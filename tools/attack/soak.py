@@ -16,7 +16,7 @@ an ephemeral loopback port and, for that long, runs at the same time:
 * **every attack tool**, each on a loop of its own, one run after another: ``flood``,
   ``garbage`` (four malformed lengths in turn), ``idle`` and ``slowloris``
   (``--connections`` each, 20), ``slow-reader`` (paced, so it stays under the flood
-  rule and what meets it is the send-backlog kick), and ``churn``, whose runs alternate
+  rule and what meets it is the send-stall kick), and ``churn``, whose runs alternate
   between filling every free slot and then churning (the online limit) and churning
   ``8 * worker_connections`` times as fast as it can (the storm guard). The attackers
   run in a process of their own, so that the good clients' latencies are the server's,
@@ -54,11 +54,11 @@ shortened so every defence fires within seconds, and the limits sized for the ru
                                           loaded machine still trips it
 ``Sock_MaxWaitTime = 1``,                 silent clients are kicked after ``3 * 1 + 1 = 4`` s
 ``Sock_PingGraceTime = 1``                (shipped: 80 s); the good clients ping every cycle
-``Sock_SendBufferSize = 4096``,           the paced slow reader is kicked after about 150
-``Sock_SendBacklogLimit = 50``            requests (5 s); with the shipped values it was not
-                                          kicked within a minute (the kernel took all its
-                                          replies into its buffers); a good client never has
-                                          more than 4 replies outstanding
+``Sock_SendBufferSize = 4096``           the paced slow reader's replies soon wait for it
+                                          (with the shipped buffers the kernel takes a
+                                          minute's worth first); it is then read no more
+                                          and, taking none of its replies for 4 s, is
+                                          kicked (``kicks.send_stall``)
 ``UserDatabase = :memory:``,              the user table holds the good clients' names only,
 ``PasswordHashIterations = 1000``         so memory stays flat; cheap hashing so logins are
                                           not the bottleneck
@@ -121,25 +121,23 @@ RSS_GROWTH_LIMIT_MIB = 8
 # slow reader still reads its replies and a good client waits for its last ones.
 WIND_DOWN = 60.0
 
-# Every defence: its name in chapter 6's stats()["defences"], the raw counter earlier
-# chapters have, and the chapter feature that brings it.
+# Every defence: its name in the report, its counter in stats(), and the chapter feature
+# that brings it.
 DEFENCES = [
     ("online_limit", "refused.online_limit", "pool"),
     ("storm_guard", "refused.storm", "pool"),
-    ("send_backlog_kick", "kicks.send_backlog", "sendqueue"),
-    ("send_queue_drop", "replies_dropped.queue_full", "sendqueue"),
     ("silence_kick", "kicks.silence", "timers"),
+    ("send_stall_kick", "kicks.send_stall", "timers"),
     ("timeout_kick", "kicks.timeout", "timers"),
     ("flood_kick", "kicks.flood", "flood"),
     ("malformed_close", "kicks.malformed", "flood"),
 ]
-# The defences an attack tool aims at, so each must fire. Not the timeout kick (it kicks
-# every client, good ones too; the soak turns it off) nor the send-queue drop (no tool
-# reaches 50000 queued replies, and a drop could be a good client's reply).
+# The defences an attack tool aims at, so each must fire. Not the timeout kick: it kicks
+# every client, good ones too, so the soak turns it off.
 AIMED_AT = {
     "online_limit": "churn",
     "storm_guard": "churn",
-    "send_backlog_kick": "slow-reader",
+    "send_stall_kick": "slow-reader",
     "silence_kick": "idle, slowloris",
     "flood_kick": "flood",
     "malformed_close": "garbage",
@@ -155,7 +153,6 @@ worker_connections = {worker_connections}
 Sock_RecyConnectionWaitTime = 2
 ProcMsgRecvWorkThreadCount = 4
 Sock_SendQueueLimit = 50000
-Sock_SendBacklogLimit = 50
 Sock_SendBufferSize = 4096
 Sock_WaitTimeEnable = 1
 Sock_MaxWaitTime = 1
@@ -292,15 +289,10 @@ def snapshot(server: SoakServer, label: str, at: float, stats: dict | None) -> S
 
 
 def defence_counts(stats: dict, features: frozenset[str]) -> dict[str, int]:
-    """Each defence the chapter has, with its count (chapter 6 lists them in
-    ``stats()["defences"]``; earlier chapters have the raw counters)."""
-    listed = stats.get("defences")
+    """Each defence the chapter has, with its count from ``stats()``."""
     counts = {}
     for name, key, feature in DEFENCES:
         if feature not in features:
-            continue
-        if isinstance(listed, dict) and name in listed:
-            counts[name] = int(listed[name])
             continue
         group, _, leaf = key.partition(".")
         value = stats.get(group, {})
