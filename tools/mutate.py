@@ -129,6 +129,7 @@ class Result:
     unlisted: list[tuple[str, Change]] = field(default_factory=list)  # (mutant, change)
     equivalent: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -371,7 +372,9 @@ def mutate_module(
     unknown = sorted({s for s in statuses.values() if s not in KILLED | NOT_KILLED})
     if unknown:
         result.errors.append(f"unfinished mutants ({', '.join(unknown)}): run again")
-    suspects = [name for name, status in statuses.items() if status in NOT_KILLED]
+    # Timed-out mutants are looked at too: a listed equivalent that "hung" was only slow
+    # (the machine was busy), and counts as what the list says it is.
+    suspects = [n for n, status in statuses.items() if status in NOT_KILLED | {"timeout"}]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         diffs = list(pool.map(lambda name: show(workdir, name), suspects))
     by_change: dict[Change, list[Equivalent]] = {}
@@ -379,10 +382,15 @@ def mutate_module(
         by_change.setdefault(entry.change, []).append(entry)
     for name, diff in zip(suspects, diffs, strict=True):
         change = change_from_diff(name, module, diff)
+        timed_out = statuses[name] == "timeout"
         if change in by_change:
             matched.update(by_change[change])
             result.equivalent.append(name)
-        else:
+            if timed_out:
+                result.status["timeout"] -= 1
+                result.status["survived"] += 1
+                result.warnings.append(f"{name} timed out, though listed as equivalent")
+        elif not timed_out:
             result.unlisted.append((name, change))
     result.seconds = time.monotonic() - start
     return result
@@ -398,6 +406,8 @@ def report(results: list[Result], stale: list[Equivalent]) -> bool:
         for error in r.errors:
             print(f"ERROR {r.module}: {error}")
             ok = False
+        for warning in r.warnings:
+            print(f"warning {r.module}: {warning} (a busy machine?)")
         if r.unlisted:
             ok = False
             print(f"\n{r.module}: {len(r.unlisted)} survivor(s) neither killed nor listed")
