@@ -16,6 +16,11 @@ The run fails (exit 1) when a survivor is neither killed nor listed, or when a l
 equivalent matches no survivor any more (it was killed, so it was not equivalent, or the
 code it quotes changed): the list stays true.
 
+What mutmut 3 does not mutate: code outside functions. Module-level constants and tables
+(``PKG_MAX_ACCEPTED``, ``KNOWN_KEYS``, the config reader's regular expressions) are left
+alone, so the figures speak for the functions only; those constants are pinned by the
+tests of the behaviour they set (29000 accepted, 29001 refused; the shipped defaults).
+
 Why mutmut (3.x) rather than cosmic-ray: both are maintained, but mutmut forks one process
 per mutant from a process that has already imported pytest, the tests and the code, runs
 mutants on every core, and runs for each mutant only the tests that call the mutated
@@ -94,7 +99,8 @@ NOT_KILLED = frozenset({"survived", "no tests", "suspicious", "skipped"})
 # that other jobs on the same two cores cause.
 TIMEOUT_MULTIPLIER = 5
 
-# Tests that use hypothesis run its "mutation" profile (registered in the test modules):
+# Tests that use hypothesis run its "mutation" profile (registered in
+# tests/core/test_protocol.py, the test module that reads HYPOTHESIS_PROFILE):
 # derandomised, so two runs on the same code give the same figures, and without the
 # example database, whose replays from earlier mutants would make a kill depend on order.
 HYPOTHESIS_PROFILE = "mutation"
