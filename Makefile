@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MUTATION_STAMP := $(VENV)/.mutation-installed
 NEWEST := $(lastword $(sort $(notdir $(wildcard chapters/[0-9][0-9]_*))))
 
-.PHONY: run test lint docs serve-docs clean
+.PHONY: run test lint docs serve-docs mutate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -33,5 +34,15 @@ test: lint docs
 serve-docs: $(STAMP)
 	$(PY) -m mkdocs serve
 
+# Mutation testing, not part of `make test` (it takes minutes): mutmut mutates each module
+# of the table in tools/mutate.py and runs that module's tests against every mutant.
+# `make mutate MUTATE_ARGS=common/protocol.py` runs one row; `--help` says more.
+$(MUTATION_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,docs,mutation]'
+	@touch $(MUTATION_STAMP)
+
+mutate: $(MUTATION_STAMP)
+	$(PY) -m tools.mutate $(MUTATE_ARGS)
+
 clean:
-	rm -rf $(VENV) site .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site .pytest_cache .ruff_cache .hypothesis .mutate

@@ -154,8 +154,10 @@ def test_missing_file(tmp_path):
 
 
 def test_unreadable_path_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError) as info:
         Config.load(tmp_path)  # a directory
+    assert str(info.value).startswith(f"{tmp_path}: cannot read config file: ")
+    assert info.value.line is None
 
 
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
@@ -163,6 +165,42 @@ def test_invalid_utf8_names_the_line(tmp_path, bom):
     path = write(tmp_path, bom + b"Log = a\r\nLog = b\n\xffLog = c\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:3: not valid UTF-8"):
         Config.load(path)
+
+
+@pytest.mark.parametrize("first", [*"AZaz_09X", "\u00e9"])
+def test_only_comment_characters_make_a_line_ignored(first):
+    """Only ``#``, ``;``, ``[``, a space and a tab start an ignored line: a line starting
+    with anything else is a setting (an unknown one here, so it warns, but it is read)."""
+    config = Config.from_text(f"{first}Limit = 3\n")
+    assert f"{first}Limit" in config
+    assert config.get_int(f"{first}Limit") == 3
+
+
+def test_errors_in_text_without_a_source_say_config():
+    with pytest.raises(ConfigError, match=r"^<config>:2: expected 'key = value'"):
+        Config.from_text("Daemon = 0\nno equals sign\n")
+    with pytest.raises(ConfigError, match=r"^<config>: missing required key 'Nothing'$"):
+        Config.from_text("").get_str("Nothing")
+
+
+@pytest.mark.parametrize(
+    "key, warned",
+    [
+        ("ListenPort0", False),
+        ("ListenPort12", False),
+        ("listenport3", False),
+        ("ListenPort", True),
+        ("ListenPortX", True),
+        ("ListenPorts", True),
+        ("MaxClients0", True),  # ten letters then digits, like ListenPort0, is still unknown
+        ("Listen_Port0", True),
+    ],
+)
+def test_only_listen_port_n_keys_join_the_known_keys(caplog, key, warned):
+    caplog.set_level(logging.WARNING, logger="config")
+    Config.from_text(f"{key} = 1\n", "k.conf")
+    expected = [f"k.conf:1: unknown key {key!r} (ignored)"] if warned else []
+    assert unknown_key_warnings(caplog) == expected
 
 
 def test_unknown_key_warns_with_line_number(caplog):
@@ -184,9 +222,26 @@ def test_defaults_from_caller_then_known_keys_then_error():
     assert config.get_int("Sock_FloodKickCounter", 3) == 3  # the caller's default first
     assert config.get_str("ListenAddress") == "127.0.0.1"
     assert config.get_str("Nothing", "x") == "x"
-    for getter in (config.get_str, config.get_int, config.get_float, config.get_bool):
-        with pytest.raises(ConfigError, match="missing required key 'Nothing'"):
+    assert config.get_float("Nothing", 0.25) == 0.25
+    assert config.get_float("Sock_RecyConnectionWaitTime") == 60.0
+    named = Config.from_text("", "d.conf")
+    for getter in (named.get_str, named.get_int, named.get_float, named.get_bool):
+        with pytest.raises(ConfigError, match=r"^d\.conf: missing required key 'Nothing'$"):
             getter("Nothing")
+
+
+def test_a_default_below_the_minimum_is_named_like_a_setting():
+    """A value that came from a default, not from the file, is still checked, and the
+    error names the key (no line: it is not in the file)."""
+    config = Config.from_text("", "d.conf")
+    with pytest.raises(ConfigError, match=r"^d\.conf: Sock_MaxWaitTime must be >= 10, got 5$"):
+        config.get_int("Sock_MaxWaitTime", 5, minimum=10)
+    with pytest.raises(
+        ConfigError, match=r"^d\.conf: Sock_FloodKickCounter must be >= 11, got 10$"
+    ):
+        config.get_int("Sock_FloodKickCounter", minimum=11)  # the known keys' default
+    with pytest.raises(ConfigError, match=r"^d\.conf: Sock_MaxWaitTime must be >= 9.5, got 2.5$"):
+        config.get_float("Sock_MaxWaitTime", 2.5, minimum=9.5)
 
 
 @pytest.mark.parametrize(
@@ -246,6 +301,8 @@ def test_listen_ports():
     assert Config.from_text("").listen_ports() == [10000]  # the original's default
     config = Config.from_text("ListenPortCount = 3\nListenPort0 = 80\nListenPort2 = 0\n")
     assert config.listen_ports() == [80, 10000, 0]
+    config = Config.from_text("ListenPortCount = 2\nListenPort0 = 65535\nListenPort1 = 0\n")
+    assert config.listen_ports() == [65535, 0]  # both ends of the range
 
 
 @pytest.mark.parametrize("port", ["65536", "-1", "70000"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sqlite3
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Config
+from common.config import Config, ConfigError
 from common.log import NOTICE, parse_level
 from common.logic import PING_OUTCOME, DropReason, Logic, Outcome, UserStore
 from common.protocol import (
@@ -145,6 +146,17 @@ def test_a_handler_that_raises_costs_only_that_requests_reply(logic, monkeypatch
     assert logic.handle(packet(MsgCode.PING)) == PING_OUTCOME  # the logic still works
 
 
+def test_only_a_ping_counts_as_a_heartbeat(logic):
+    """Register and login get a reply but are not pings: the heartbeat chapters must not
+    take them as a sign of life (``is_ping`` is exactly False, not merely falsy)."""
+    reg = logic.handle(packet(MsgCode.REGISTER, register_body("hal", "pw")))
+    log_in = logic.handle(packet(MsgCode.LOGIN, login_body("hal", "pw")))
+    assert reg == Outcome(register_reply(Status.OK, "hal"), None, False)
+    assert log_in == Outcome(login_reply(Status.OK, "hal"), None, False)
+    assert reg.is_ping is False and log_in.is_ping is False
+    assert logic.handle(packet(MsgCode.PING)).is_ping is True
+
+
 def test_register_ignores_request_itype(logic):
     outcome = logic.handle(packet(MsgCode.REGISTER, register_body("x", "y", itype=-77)))
     assert outcome.reply == register_reply(Status.OK, "x")
@@ -244,9 +256,46 @@ def test_logic_from_config_uses_path_relative_to_config(tmp_path):
     assert [r[0] for r in rows(tmp_path / "db" / "users.sqlite3")] == ["eve"]
 
 
-def test_store_rejects_zero_iterations():
-    with pytest.raises(ValueError):
-        UserStore(":memory:", 0)
+@pytest.mark.parametrize("iterations", [0, -1])
+def test_store_rejects_fewer_than_one_iteration(iterations):
+    with pytest.raises(ValueError, match=r"^iterations must be >= 1$"):
+        UserStore(":memory:", iterations)
+    UserStore(":memory:", 1).close()  # one is the least, and it is allowed
+
+
+def test_store_without_a_path_is_in_memory_and_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = UserStore(iterations=ITERATIONS), UserStore(iterations=ITERATIONS)
+    try:
+        assert first.register("kim", "pw") == Status.OK
+        assert (first.count(), second.count()) == (1, 0)  # each store its own database
+    finally:
+        first.close()
+        second.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_default_iterations_match_the_config_default():
+    """A store made in code hashes as hard as one made from the shipped defaults."""
+    store = UserStore()
+    try:
+        assert store.iterations == Config.from_text("").get_int("PasswordHashIterations")
+        assert store.iterations == 600_000
+    finally:
+        store.close()
+
+
+def test_logic_from_config_checks_the_iteration_count(tmp_path):
+    conf = tmp_path / "server.conf"
+    conf.write_text("UserDatabase = :memory:\nPasswordHashIterations = 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(conf))}:2: PasswordHashIterations"):
+        Logic.from_config(Config.load(conf))
+    conf.write_text("UserDatabase = :memory:\nPasswordHashIterations = 1\n")
+    logic = Logic.from_config(Config.load(conf))
+    try:
+        assert logic.store.iterations == 1
+    finally:
+        logic.close()
 
 
 def run_threads(n: int, target, *args) -> list:
@@ -415,7 +464,7 @@ def test_counters_snapshot_nesting_and_zeros():
     assert counters.get("drops.bad_crc") == 3
 
 
-def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path):
+def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path, caplog):
     """A database error (here: the store's connection is gone) must not escape handle():
     in chapters 1-3 it would stop the event loop, in 4-6 it would lose the reply."""
     from common.logic import Logic, UserStore
@@ -431,3 +480,8 @@ def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path):
         MsgCode.REGISTER, Register(int(Status.ERROR), "amy", "ERROR").encode()
     )
     assert logic.handle(login).reply == encode_packet(MsgCode.LOGIN, Login("amy", "ERROR").encode())
+    # and the operator is told why, once per failed request
+    failures = [r for r in caplog.records if r.name == "logic" and r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failures] == [
+        "user store failed: Cannot operate on a closed database."
+    ] * 2

@@ -47,6 +47,11 @@ settings.register_profile(
     "ci", print_blob=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", parent=settings.get_profile("ci"), max_examples=20)
+# tools/mutate.py: the same examples on every run (so its figures repeat), and no example
+# database (a failure replayed from an earlier mutant would make a kill depend on order).
+settings.register_profile(
+    "mutation", parent=settings.get_profile("ci"), derandomize=True, database=None
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STATES = {HD_INIT, HD_RECVING, BD_INIT, BD_RECVING}
@@ -410,3 +415,86 @@ class ParserMachine(RuleBasedStateMachine):
 
 ParserMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30)
 TestParserMachine = ParserMachine.TestCase
+
+
+# -- boundaries, whichever way the bytes arrive --------------------------------------------
+# The reading of a header must not depend on how the network cut the stream: the parser
+# has a fast path (whole header in one read) and a slow path (header split across reads),
+# and the limits (8 is a ping, 29000 the longest packet) must be the same on both.
+
+
+@pytest.mark.parametrize("split", [0, *range(1, HEADER_LEN)])
+@pytest.mark.parametrize(
+    "length, expected",
+    [
+        (HEADER_LEN - 1, "too short"),
+        (HEADER_LEN, "packet"),
+        (HEADER_LEN + 1, "packet"),
+        (PKG_MAX_ACCEPTED, "packet"),
+        (PKG_MAX_ACCEPTED + 1, "too long"),
+    ],
+)
+def test_length_limits_hold_however_the_header_is_split(length, expected, split):
+    """29000 is accepted and 29001 refused, 8 is a ping and 7 refused, whether the header
+    comes in one read (split 0) or in two reads cut after ``split`` bytes."""
+    body = b"\x5a" * (length - HEADER_LEN) if expected == "packet" else b""
+    data = pack_header(length, 6, 77) + body + PING_PACKET
+    parser = PacketParser()
+    events = []
+    if split:
+        assert parser.feed(data[:split]) == []
+        assert (parser.state, parser.buffered) == (HD_RECVING, split)
+        data = data[split:]
+    events += parser.feed(data)
+    if expected == "packet":
+        assert events == [Packet(6, 77, body), Packet(0, 0, b"")]
+    else:
+        assert events == [ProtocolError(length, 6, expected), Packet(0, 0, b"")]
+    assert (parser.state, parser.buffered) == (HD_INIT, 0)
+
+
+@pytest.mark.parametrize("split", range(1, HEADER_LEN))
+def test_largest_packet_with_a_split_header_then_a_body_in_pieces(split):
+    """The slow path taken all the way: a 29000-byte packet whose header arrives in two
+    reads and whose body arrives in three."""
+    body = (bytes(range(256)) * 114)[: PKG_MAX_ACCEPTED - HEADER_LEN]
+    data = pack_header(PKG_MAX_ACCEPTED, 5, 1) + body
+    parser = PacketParser()
+    assert parser.feed(data[:split]) == []
+    assert parser.feed(data[split:HEADER_LEN]) == []
+    assert (parser.state, parser.buffered) == (BD_INIT, 0)
+    assert parser.feed(data[HEADER_LEN:100]) == []
+    assert (parser.state, parser.buffered) == (BD_RECVING, 92)
+    assert parser.feed(data[100:-1]) == []
+    assert parser.feed(data[-1:]) == [Packet(5, 1, body)]
+    assert (parser.state, parser.buffered) == (HD_INIT, 0)
+
+
+def test_a_packet_without_a_body_is_its_header_alone():
+    assert encode_packet(MsgCode.PING) == b"\x00\x08\x00\x00\x00\x00\x00\x00"
+    assert encode_packet(0xABCD) == b"\x00\x08\xab\xcd\x00\x00\x00\x00"
+    assert encode_packet(3, b"") == b"\x00\x08\x00\x03\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["é", "€", "😀"],  # 2, 3 and 4 bytes of UTF-8
+)
+def test_a_character_that_would_straddle_the_limit_is_dropped_whole(char):
+    """55 bytes of a username fit (the 56th is the C string's NUL). Text that ends with a
+    multi-byte character crossing that limit by one byte or more loses the character,
+    never half of it; text that fits exactly is kept whole."""
+    width = len(char.encode())
+    fits = "a" * (USERNAME_LEN - 1 - width) + char  # exactly 55 bytes
+    assert Login(fits, "").encode()[:USERNAME_LEN] == fits.encode() + b"\0"
+    for over in range(1, width + 1):  # the character's last byte lands 1..width past 55
+        text = "a" * (USERNAME_LEN - 1 - width + over) + char
+        assert len(text.encode()) == USERNAME_LEN - 1 + over
+        prefix = "a" * (USERNAME_LEN - 1 - width + over)
+        assert Login(text, "").encode()[:USERNAME_LEN] == prefix.encode().ljust(USERNAME_LEN, b"\0")
+        assert Login.decode(Login(text, "").encode()).username == prefix
+    # the same rule in the 40-byte password field
+    password = "p" * (PASSWORD_LEN - 1 - width + 1) + char
+    assert Login("u", password).encode()[USERNAME_LEN:] == (
+        "p" * (PASSWORD_LEN - width)
+    ).encode().ljust(PASSWORD_LEN, b"\0")
