@@ -274,9 +274,11 @@ def compare_table(summaries: list[CompareSummary], repeat: int, title: str = "")
 
 
 def run_line(round_: int, r: BenchResult) -> str:
-    side = {"client": "  [bold red]client-bound[/]", "server": "  server-bound"}.get(
-        r.limited_by, ""
-    )
+    side = {
+        "client": "  [bold red]client-bound[/]",
+        "both": "  [bold red]client-bound[/] (the server's core too)",
+        "server": "  server-bound",
+    }.get(r.limited_by, "")
     other = r.other_load_pct()
     return (
         f"round {round_ + 1}: {r.label or r.target:<28} {r.replies_per_s:>12,.0f} replies/s  "
