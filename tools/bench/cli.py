@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -321,18 +322,20 @@ def _write_chart(
 
 
 def _config(
-    argv: list[str], opts: BenchOptions, runs: list[BenchResult], repeat: int
+    argv: list[str], opts: BenchOptions, runs: list[BenchResult], repeat: int, defences: str
 ) -> dict[str, Any]:
-    """What a table needs beside the numbers: the command, the client, the pinning and the
-    server config."""
-    from .report import pinning_text
+    """What a table needs beside the numbers: the command, the client, the pinning, the
+    server config and the load."""
+    from .report import config_text, pinning_text
 
     first = runs[0]
+    settings = {**asdict(opts), "defences": defences}
     return {
         "command": "python -m tools.bench " + shlex.join(argv),
         "client": "/".join(sorted({r.client for r in runs})),
         "client_detail": first.client_detail,
         "pinning": pinning_text(first),
+        "server_config": config_text(settings),
         "mode": opts.mode,
         "connections": opts.connections,
         "pipeline": opts.pipeline,
@@ -341,7 +344,7 @@ def _config(
         "repeat": repeat,
         "hash_iterations": opts.hash_iterations,
         "workers": opts.workers,
-        "defences": opts.defences,
+        "defences": defences,
         "heartbeat": opts.heartbeat,
         "flood": opts.flood,
         "cpus": first.cpus,
@@ -357,7 +360,7 @@ def _chart_main(argv: list[str], out: Console, err: Console) -> int:
         try:
             panels.append(panels_from(json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError, ChartError) as exc:
-            err.print(f"[bold red]error:[/] {path}: {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {path}: {exc}", highlight=False, soft_wrap=True)
             return 2
     args.output.write_text(render(panels, args.title))
     out.print(f"wrote {args.output} ({len(panels)} panel{'s' if len(panels) > 1 else ''})")
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         flood_counter=args.flood_counter,
         idle_connections=args.idle_connections,
     )
-    from .report import compare_table, live_progress, pinning_text, result_table, run_line, verdict
+    from .report import compare_table, live_progress, result_table, run_line, verdict
 
     printed: set[str] = set()
 
@@ -436,13 +439,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs, summaries = run_compare(
                     opts, args.compare, args.repeat, progress, note, on_run, args.defences
                 )
-            config = _config(argv, opts, runs, args.repeat)
+            config = _config(argv, opts, runs, args.repeat, args.defences)
             title = (
                 f"Comparison: medians of {args.repeat} interleaved round"
                 f"{'s' if args.repeat > 1 else ''}; {config['client']} client; "
                 f"{config['pinning']}"
             )
             out.print(compare_table(summaries, args.repeat, title))
+            out.print(f"command: {config['command']}", highlight=False, soft_wrap=True)
+            out.print(f"server config: {config['server_config']}", highlight=False)
             busy = sorted({r.label or r.target for r in runs if r.client_bottleneck})
             if busy:
                 bound = sum(r.client_bottleneck for r in runs)
@@ -479,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     out.print(result_table(result))
     for line in verdict(result):
         out.print(line)
-    config = _config(argv, opts, [result], 1)
-    config["pinning"] = pinning_text(result)
+    config = _config(argv, opts, [result], 1, args.defences)
     document = {
         "kind": "run",
         "command": config["command"],

@@ -30,8 +30,8 @@ from .target import (
     ServerSettings,
     check_loopback,
     check_runnable,
-    core_busy_pct,
     core_ticks,
+    core_usage_pct,
     proc_cpu_seconds,
     proc_rss_kib,
     process_cores,
@@ -176,6 +176,7 @@ class BenchResult:
     client_cores: list[list[int]] | None = None  # per client process
     pinned: bool = False  # server and client on different cores
     core_busy_pct: dict[int, float] = field(default_factory=dict)  # every core, whoever
+    core_irq_pct: dict[int, float] = field(default_factory=dict)  # the irq/softirq part
     label: str = ""  # the target and its setting, e.g. "06_flood +heartbeat+flood"
     event_loop: str = ""
     database: str = ""  # the started server's user database
@@ -217,12 +218,24 @@ class BenchResult:
         cores = {c for cs in self.client_cores for c in cs}
         return max((self.core_busy_pct.get(c, 0.0) for c in cores), default=None)
 
-    def other_load_pct(self) -> float | None:
-        """CPU that neither side used on the pinned cores: other processes (noise)."""
+    def pinned_cores(self) -> set[int]:
         if not self.pinned or not self.server_cores or not self.client_cores:
+            return set()
+        return set(self.server_cores) | {c for cs in self.client_cores for c in cs}
+
+    def irq_pct(self) -> float | None:
+        """Interrupt time on the pinned cores (% of a core): no process's, and on loopback
+        mostly the receive work of the bench's own packets."""
+        cores = self.pinned_cores()
+        return sum(self.core_irq_pct.get(c, 0.0) for c in cores) if cores else None
+
+    def other_load_pct(self) -> float | None:
+        """CPU on the pinned cores that neither side's processes nor interrupts used:
+        other processes, i.e. noise (% of a core)."""
+        cores = self.pinned_cores()
+        if not cores:
             return None
-        cores = set(self.server_cores) | {c for cs in self.client_cores for c in cs}
-        busy = sum(self.core_busy_pct.get(c, 0.0) for c in cores)
+        busy = sum(self.core_busy_pct.get(c, 0.0) - self.core_irq_pct.get(c, 0.0) for c in cores)
         own = (self.server_cpu_pct or 0.0) + sum(self.client_cpu_pct)
         return max(0.0, busy - own)
 
@@ -235,6 +248,7 @@ class BenchResult:
         data["server_core_busy_pct"] = self.server_core_busy()
         data["client_core_busy_pct"] = self.client_core_busy()
         data["other_load_pct"] = self.other_load_pct()
+        data["irq_pct"] = self.irq_pct()
         return data
 
 
@@ -466,7 +480,7 @@ class Drive:
     window: float
     client: str
     client_detail: str
-    core_busy: dict[int, float]
+    core_usage: dict[int, tuple[float, float]]  # (% busy, % interrupts) per core
     server_cores: list[int] | None
     client_cores: list[list[int]] | None
     pinned: bool
@@ -528,8 +542,8 @@ def _drive(
         clients.start(start)
         w_start, w_end = start + opts.warmup, start + opts.warmup + opts.duration
         cpu0 = cpu1 = None
-        ticks0: dict[int, tuple[int, int]] = {}
-        ticks1: dict[int, tuple[int, int]] = {}
+        ticks0: dict[int, tuple[int, int, int]] = {}
+        ticks1: dict[int, tuple[int, int, int]] = {}
         t0 = t1 = 0.0
         opened = False
         last_total, last_t = 0, time.monotonic()
@@ -582,7 +596,7 @@ def _drive(
         opts.duration,
         clients.name,
         detail,
-        core_busy_pct(ticks0, ticks1),
+        core_usage_pct(ticks0, ticks1),
         server_cores,
         client_cores,
         pinning.on,
@@ -639,7 +653,8 @@ def _aggregate(
         server_cores=drive.server_cores,
         client_cores=drive.client_cores,
         pinned=drive.pinned,
-        core_busy_pct=drive.core_busy,
+        core_busy_pct={core: busy for core, (busy, _) in drive.core_usage.items()},
+        core_irq_pct={core: irq for core, (_, irq) in drive.core_usage.items()},
         idle=idle,
         notes=notes,
     )

@@ -56,17 +56,23 @@ def pinning_text(r: BenchResult) -> str:
 
 
 def config_text(o: dict[str, Any], event_loop: str = "") -> str:
-    """The server config of a started server, in a line."""
-    hb = o["heartbeat"] or o.get("defences") == "on"
-    flood = o["flood"] or o.get("defences") == "on"
-    counter = (
-        "never firing" if o.get("defences") == "on" else f"kick at {o.get('flood_counter', 10)}"
-    )
+    """The server config of a started server (or of a comparison's rows), in a line."""
+    head = f"PasswordHashIterations = {o['hash_iterations']}, {o['workers']} worker threads, "
+    tail = f", event loop {event_loop}" if event_loop else ""
+    if o.get("defences") == "both":
+        return (
+            head + "heartbeat and flood detection off, and on but never firing in the "
+            "rows marked +heartbeat/+flood" + tail
+        )
+    on = o.get("defences") == "on"
+    hb = o["heartbeat"] or on
+    flood = o["flood"] or on
+    counter = "never firing" if on else f"kick at {o.get('flood_counter', 10)}"
     return (
-        f"PasswordHashIterations = {o['hash_iterations']}, {o['workers']} worker threads, "
-        f"heartbeat {'on' if hb else 'off'}, flood check "
+        head
+        + f"heartbeat {'on' if hb else 'off'}, flood check "
         + (f"on ({counter})" if flood else "off")
-        + (f", event loop {event_loop}" if event_loop else "")
+        + tail
     )
 
 
@@ -134,7 +140,12 @@ def result_table(r: BenchResult) -> Table:
     )
     other = r.other_load_pct()
     if other is not None:
-        table.add_row("other load", f"{other:.0f}% of a core on the pinned cores (other processes)")
+        irq = r.irq_pct() or 0.0
+        table.add_row(
+            "other load",
+            f"{other:.0f}% of a core on the pinned cores (other processes; interrupts, "
+            f"mostly this run's own network work, {irq:.0f}% more)",
+        )
     if r.idle is not None:
         i = r.idle
         per = "?" if i.kib_per_connection is None else f"{i.kib_per_connection:.1f} KiB"

@@ -159,10 +159,12 @@ def process_cores(pid: int) -> list[int] | None:
         return None
 
 
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """Per core, from ``/proc/stat``: (busy ticks, all ticks) since boot. Busy is every
-    state but idle and iowait, whichever process it was for."""
-    ticks: dict[int, tuple[int, int]] = {}
+def core_ticks() -> dict[int, tuple[int, int, int]]:
+    """Per core, from ``/proc/stat``: (busy, interrupt, all) ticks since boot. Busy is
+    every state but idle and iowait, whichever process it was for; interrupt is the irq
+    and softirq part of it, which no process is charged for (on loopback that is mostly
+    TCP's receive work for the bench's own traffic)."""
+    ticks: dict[int, tuple[int, int, int]] = {}
     try:
         with open("/proc/stat") as f:
             for line in f:
@@ -171,22 +173,23 @@ def core_ticks() -> dict[int, tuple[int, int]]:
                 name, *values = line.split()
                 numbers = [int(v) for v in values[:8]]
                 idle = numbers[3] + numbers[4]
-                ticks[int(name[3:])] = (sum(numbers) - idle, sum(numbers))
+                total = sum(numbers)
+                ticks[int(name[3:])] = (total - idle, numbers[5] + numbers[6], total)
     except (OSError, ValueError, IndexError):
         return {}
     return ticks
 
 
-def core_busy_pct(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
-) -> dict[int, float]:
-    """How busy each core was between two :func:`core_ticks` samples, in %."""
-    busy = {}
-    for core, (b1, t1) in after.items():
-        b0, t0 = before.get(core, (b1, t1))
+def core_usage_pct(
+    before: dict[int, tuple[int, int, int]], after: dict[int, tuple[int, int, int]]
+) -> dict[int, tuple[float, float]]:
+    """Per core, between two :func:`core_ticks` samples: (% busy, % in interrupts)."""
+    usage = {}
+    for core, (b1, i1, t1) in after.items():
+        b0, i0, t0 = before.get(core, (b1, i1, t1))
         if t1 > t0:
-            busy[core] = (b1 - b0) / (t1 - t0) * 100
-    return busy
+            usage[core] = ((b1 - b0) / (t1 - t0) * 100, (i1 - i0) / (t1 - t0) * 100)
+    return usage
 
 
 # -- /proc ----------------------------------------------------------------------------------
