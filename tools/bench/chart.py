@@ -71,6 +71,16 @@ def _describe(config: dict[str, Any], rounds: int | None) -> tuple[str, str]:
     )
     parts = [f"{config.get('client', '?')} client", config.get("pinning", "pinning ?")]
     parts.append(f"PasswordHashIterations = {config.get('hash_iterations', '?')}")
+    defences = config.get("defences", "off")
+    if defences == "both":
+        parts.append("heartbeat/flood off, and on in the + rows")
+    elif defences == "on":
+        parts.append("heartbeat/flood on, not firing")
+    elif config.get("heartbeat") or config.get("flood"):
+        on = [n for n in ("heartbeat", "flood") if config.get(n)]
+        parts.append(" and ".join(on) + " on")
+    else:
+        parts.append("heartbeat/flood off")
     if rounds:
         parts.append(f"medians of {rounds} rounds" if rounds > 1 else "one round")
     return title, "; ".join(str(p) for p in parts)
@@ -185,17 +195,21 @@ def render(panels: list[Panel], title: str = "Replies per second (higher is bett
         y += PANEL_HEAD + height + 18 + PANEL_GAP
     legend_y = y
     x = 16
+    used = {_kind(b.label) for panel in panels for b in panel.bars}
     for key, text in LEGEND:
+        if key not in used:
+            continue
         out.append(f'<rect x="{x}" y="{legend_y}" width="12" height="12" fill="{COLOURS[key]}"/>')
         out.append(f'<text x="{x + 17}" y="{legend_y + 10}" class="sub">{escape(text)}</text>')
         x += 24 + 6.3 * len(text)
-    legend_y += 20
-    out.append(
-        f'<rect x="16" y="{legend_y}" width="12" height="12" fill="{COLOURS["chapter"]}"/>'
-        f'<rect x="16" y="{legend_y}" width="12" height="12" fill="url(#hatch)"/>'
-        f'<text x="33" y="{legend_y + 10}" class="sub">hatched: client-bound, the load '
-        "client's limit (the server did at least this)</text>"
-    )
+    if any(b.client_bound for panel in panels for b in panel.bars):
+        legend_y += 20
+        out.append(
+            f'<rect x="16" y="{legend_y}" width="12" height="12" fill="{COLOURS["chapter"]}"/>'
+            f'<rect x="16" y="{legend_y}" width="12" height="12" fill="url(#hatch)"/>'
+            f'<text x="33" y="{legend_y + 10}" class="sub">hatched: client-bound, the load '
+            "client's limit (the server did at least this)</text>"
+        )
     total_h = legend_y + 26
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{total_h}" '
