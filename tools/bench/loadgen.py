@@ -768,3 +768,99 @@ def worker_main(spec: WorkerSpec, channel: Any, progress: Any, ctl: Any) -> None
     except BaseException as exc:  # reported, never a silent dead child
         channel.put(("failed", spec.index, repr(exc)))
         raise
+
+
+class PythonClients:
+    """The Python client: ``len(specs)`` processes (``multiprocessing``, spawn), each
+    running :func:`worker_main`; the same interface as ``native.NativeClients``."""
+
+    name = "python"
+
+    def __init__(
+        self, specs: list[WorkerSpec], cores: list[set[int] | None], warmup: float, duration: float
+    ) -> None:
+        import multiprocessing
+
+        from .target import affinity_for_children
+
+        ctx = multiprocessing.get_context("spawn")
+        self.channel = ctx.Queue()
+        self.counts = ctx.RawArray("q", len(specs))
+        self.ctl = ctx.RawArray("d", 4)
+        self.warmup, self.duration = warmup, duration
+        self.workers = []
+        for spec, core in zip(specs, cores, strict=True):
+            proc = ctx.Process(
+                target=worker_main, args=(spec, self.channel, self.counts, self.ctl), daemon=True
+            )
+            with affinity_for_children(core):
+                proc.start()
+            self.workers.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.workers if p.pid is not None]
+
+    def _get(self, deadline: float) -> tuple[Any, ...]:
+        """The next message from a client process, failing clearly if they die or stall."""
+        import queue
+
+        from .target import BenchError
+
+        while True:
+            try:
+                return self.channel.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise BenchError("the client processes did not report in time") from None
+                dead = [p for p in self.workers if p.exitcode not in (None, 0)]
+                if dead:
+                    raise BenchError(
+                        f"a client process died (exit code {dead[0].exitcode})"
+                    ) from None
+
+    def wait_ready(self, deadline: float) -> None:
+        from .target import BenchError
+
+        ready = 0
+        failures: list[str] = []
+        while ready < len(self.workers):
+            message = self._get(deadline)
+            if message[0] == "ready":
+                ready += 1
+            else:
+                failures.append(str(message[2]))
+                ready += 1
+        if failures:
+            raise BenchError(f"a client process failed: {failures[0]}")
+
+    def start(self, at: float) -> None:
+        self.ctl[CTL_WARMUP], self.ctl[CTL_DURATION] = self.warmup, self.duration
+        self.ctl[CTL_START] = at
+
+    def replies(self) -> int:
+        return sum(self.counts)
+
+    def results(self, deadline: float) -> list[dict[str, Any]]:
+        from .target import BenchError
+
+        results: dict[int, dict[str, Any]] = {}
+        while len(results) < len(self.workers):
+            message = self._get(deadline)
+            if message[0] == "result":
+                results[message[1]] = message[2]
+            elif message[0] == "failed":
+                raise BenchError(f"a client process failed: {message[2]}")
+        return [results[i] for i in range(len(self.workers))]
+
+    def abort(self) -> None:
+        self.ctl[CTL_ABORT] = 1
+
+    def close(self) -> None:
+        for proc in self.workers:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self.channel.close()
+        self.channel.join_thread()

@@ -4,44 +4,34 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
-from .core import CLIENT_BUSY, BenchResult, CompareSummary, ProgressFn
+from tools.progress import progress_bar
+
+from .core import CLIENT_BUSY, CORE_BUSY, OTHER_LOAD, BenchResult, CompareSummary, ProgressFn
 from .parserbench import ParserResult
 
 
 @contextlib.contextmanager
 def live_progress(console: Console, title: str) -> Iterator[ProgressFn]:
-    """A progress bar for one run; yields the callback :func:`run_bench` reports to."""
-    progress = Progress(
-        TextColumn("[bold]{task.fields[title]}[/] {task.description:<22}"),
-        BarColumn(),
-        TimeRemainingColumn(),
-        TextColumn("[cyan]{task.fields[rate]:>14}[/]"),
-        console=console,
-        transient=True,
-    )
-    task: TaskID = progress.add_task("starting", total=1.0, title=title, rate="")
+    """The progress bar of a run or a comparison (``tools.progress``: silent when stderr
+    is not a terminal); yields the callback :func:`run_bench` reports to."""
+    with progress_bar(console) as bar:
+        task: TaskID = bar.add_task(title, total=1.0)
 
-    def update(phase: str, done: float, total: float, rate: float) -> None:
-        progress.update(
-            task,
-            description=phase,
-            completed=min(done, total),
-            total=max(total, 1e-9),
-            rate=f"{rate:,.0f} replies/s" if rate else "",
-        )
+        def update(phase: str, done: float, total: float, rate: float) -> None:
+            speed = f" ({rate:,.0f} replies/s)" if rate else ""
+            bar.update(
+                task,
+                description=f"{title} {phase}{speed}",
+                completed=min(done, total),
+                total=max(total, 1e-9),
+            )
 
-    with progress:
         yield update
 
 
@@ -53,32 +43,73 @@ def _kib(value: int | None) -> str:
     return "?" if value is None else f"{value / 1024:,.1f} MiB"
 
 
+def _cores(cores: list[int] | None) -> str:
+    return "?" if not cores else ",".join(map(str, cores))
+
+
+def pinning_text(r: BenchResult) -> str:
+    """Where each side ran, as the kernel reported it during the run."""
+    if not r.pinned:
+        return "off (server and client share the cores)"
+    clients = sorted({c for cs in r.client_cores or [] for c in cs})
+    return f"server on core {_cores(r.server_cores)}, client on core {_cores(clients)}"
+
+
+def config_text(o: dict[str, Any], event_loop: str = "") -> str:
+    """The server config of a started server (or of a comparison's rows), in a line."""
+    head = f"PasswordHashIterations = {o['hash_iterations']}, {o['workers']} worker threads, "
+    tail = f", event loop {event_loop}" if event_loop else ""
+    if o.get("defences") == "both":
+        return (
+            head + "heartbeat and flood detection off, and on but never firing in the "
+            "rows marked +heartbeat/+flood" + tail
+        )
+    on = o.get("defences") == "on"
+    hb = o["heartbeat"] or on
+    flood = o["flood"] or on
+    counter = "never firing" if on else f"kick at {o.get('flood_counter', 10)}"
+    return (
+        head
+        + f"heartbeat {'on' if hb else 'off'}, flood check "
+        + (f"on ({counter})" if flood else "off")
+        + tail
+    )
+
+
+def _busy(value: float | None) -> str:
+    if value is None:
+        return ""
+    colour = "red" if value >= CORE_BUSY else "green"
+    return f"; its core [{colour}]{value:.0f}%[/] busy"
+
+
 def result_table(r: BenchResult) -> Table:
     o = r.options
-    table = Table(title=f"Benchmark: {r.target}", title_justify="left", show_header=False)
+    table = Table(
+        title=f"Benchmark: {r.label or r.target}", title_justify="left", show_header=False
+    )
     table.add_column("what", style="cyan", no_wrap=True)
     table.add_column("value")
     procs = len(r.client_cpu_pct)
     load = (
         f"mode {o['mode']}, {r.connected} connection{'s' if r.connected != 1 else ''} "
-        f"x pipeline {o['pipeline']}, "
-        f"{procs} client process{'es' if procs != 1 else ''}"
+        f"x pipeline {o['pipeline']}, closed loop"
     )
     table.add_row("load", load)
+    table.add_row("client", r.client_detail or r.client)
+    table.add_row("pinning", pinning_text(r))
     if o.get("chapter"):
         table.add_row(
             "server config",
-            f"PasswordHashIterations = {o['hash_iterations']} (the shipped 600000 would measure "
-            f"hashlib), {o['workers']} worker threads, heartbeat "
-            f"{'on' if o['heartbeat'] else 'off'}, flood check "
-            f"{('on (kick at ' + str(o.get('flood_counter', 10)) + ')') if o['flood'] else 'off'}"
-            + (f", event loop {r.event_loop}" if r.event_loop else "")
+            config_text(o, r.event_loop)
+            + " (the shipped 600000 iterations would measure hashlib)"
             + (f", user database {r.database}" if r.database else ""),
         )
     table.add_row(
         "throughput",
         f"[bold]{r.replies_per_s:,.0f} replies/s[/] ({r.replies:,} replies in {r.window:.2f} s, "
-        f"after {o['warmup']:g} s warm-up)",
+        f"after {o['warmup']:g} s warm-up)"
+        + (" [bold red]client-bound[/]" if r.client_bottleneck else ""),
     )
     lat = r.latency_ms
     table.add_row(
@@ -92,7 +123,7 @@ def result_table(r: BenchResult) -> Table:
         if r.server_cpu_pct is None
         else f"{r.server_cpu_pct:.0f}% of one core ({r.server_sys_pct:.0f}% in the kernel)"
     )
-    table.add_row("server CPU", cpu)
+    table.add_row("server CPU", cpu + _busy(r.server_core_busy()))
     rss = r.server_rss_kib
     if rss["before"] is not None:
         table.add_row(
@@ -104,8 +135,17 @@ def result_table(r: BenchResult) -> Table:
             f"[{'red' if c >= CLIENT_BUSY else 'green'}]{c:.0f}%[/] ({k:.0f}% in the kernel)"
             for c, k in zip(r.client_cpu_pct, r.client_sys_pct, strict=True)
         )
-        + " of one core per process",
+        + f" of one core (per process, {procs} process{'es' if procs != 1 else ''})"
+        + _busy(r.client_core_busy()),
     )
+    other = r.other_load_pct()
+    if other is not None:
+        irq = r.irq_pct() or 0.0
+        table.add_row(
+            "other load",
+            f"{other:.0f}% of a core on the pinned cores (other processes; interrupts, "
+            f"mostly this run's own network work, {irq:.0f}% more)",
+        )
     if r.idle is not None:
         i = r.idle
         per = "?" if i.kib_per_connection is None else f"{i.kib_per_connection:.1f} KiB"
@@ -154,17 +194,21 @@ def verdict(r: BenchResult) -> list[str]:
     busiest = max(r.client_cpu_pct, default=0.0)
     n = len(r.client_cpu_pct)
     server = "?" if r.server_cpu_pct is None else f"{r.server_cpu_pct:.0f}%"
+    client_core = r.client_core_busy()
     if r.client_bottleneck:
+        why = f"its busiest process ran at {busiest:.0f}% of a core"
+        if client_core is not None and client_core >= CORE_BUSY:
+            why += f" and its core was {client_core:.0f}% busy"
         lines.append(
-            f"[bold red]The client was the bottleneck[/]: its busiest process ran at "
-            f"{busiest:.0f}% of a core ({n} process{'es' if n > 1 else ''}, server {server}). "
-            "The rate says more about the client than the server: raise --procs, or run on "
-            "more cores."
+            f"[bold red]Client-bound[/]: {why} ({n} process{'es' if n > 1 else ''}, server "
+            f"{server}). The rate is the client's limit, not the server's: the server can do "
+            "at least this much."
+            + ("" if r.client == "native" else " The native client (--client native) is lighter.")
         )
     elif r.server_bottleneck:
         lines.append(
-            f"[bold]The server was the bottleneck[/]: it used {server} of a core while the "
-            f"client processes stayed at or below {busiest:.0f}%."
+            f"[bold]Server-bound[/]: the server used {server} of a core while the client "
+            f"processes stayed at or below {busiest:.0f}%."
         )
     elif r.server_cpu_pct is None:
         lines.append(
@@ -177,8 +221,14 @@ def verdict(r: BenchResult) -> list[str]:
             f"{busiest:.0f}%): the rate is limited by round trips; more connections or a "
             "deeper --pipeline keep more requests in flight."
         )
+    other = r.other_load_pct()
+    if other is not None and other >= OTHER_LOAD:
+        lines.append(
+            f"[yellow]Other processes used {other:.0f}% of a core[/] on the pinned cores: the "
+            "machine is shared and these rates are lower than a quiet machine gives."
+        )
     total = (r.server_cpu_pct or 0.0) + sum(r.client_cpu_pct)
-    if total >= 0.9 * r.cpus * 100:
+    if not r.pinned and total >= 0.9 * r.cpus * 100:
         lines.append(
             f"[yellow]The machine's {r.cpus} cores were all busy[/] (server + client "
             f"{total:.0f}%): the server and the client competed for CPU."
@@ -186,9 +236,14 @@ def verdict(r: BenchResult) -> list[str]:
     return lines
 
 
-def compare_table(summaries: list[CompareSummary], repeat: int) -> Table:
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}%"
+
+
+def compare_table(summaries: list[CompareSummary], repeat: int, title: str = "") -> Table:
     table = Table(
-        title=f"Comparison: medians of {repeat} interleaved run{'s' if repeat > 1 else ''} each",
+        title=title
+        or f"Comparison: medians of {repeat} interleaved round{'s' if repeat > 1 else ''}",
         title_justify="left",
     )
     for column in (
@@ -197,33 +252,52 @@ def compare_table(summaries: list[CompareSummary], repeat: int) -> Table:
         f"vs {summaries[0].target}",
         "p50 ms",
         "p99 ms",
-        "max ms",
         "server CPU",
         "client CPU",
+        "other load",
+        "saturated",
         "problems",
     ):
         table.add_column(column, justify="left" if column == "target" else "right")
     for s in summaries:
+        if s.ratio is not None:
+            ratio = f"{s.ratio:.2f}x"
+        else:
+            ratio = "[red]client-bound[/]" if s.client_bound else "[red]base client-bound[/]"
+        saturated = {
+            "client": "[bold red]client[/]",
+            "both": "[bold red]both[/]",
+            "server": "server",
+        }.get(s.limited_by, "neither")
         table.add_row(
             s.target,
-            f"{s.replies_per_s:,.0f}",
-            f"{s.ratio:.2f}x",
+            f"{s.replies_per_s:,.0f}" + (" [red]≥[/]" if s.client_bound else ""),
+            ratio,
             _ms(s.p50_ms),
             _ms(s.p99_ms),
-            _ms(s.max_ms),
-            "?" if s.server_cpu_pct is None else f"{s.server_cpu_pct:.0f}%",
-            f"[{'red' if s.client_cpu_pct >= CLIENT_BUSY else 'green'}]{s.client_cpu_pct:.0f}%[/]",
+            _pct(s.server_cpu_pct),
+            f"[{'red' if s.client_bound else 'green'}]{s.client_cpu_pct:.0f}%[/]",
+            _pct(s.other_load_pct),
+            saturated,
             f"[red]{s.errors}[/]" if s.errors else "[green]0[/]",
         )
     return table
 
 
 def run_line(round_: int, r: BenchResult) -> str:
+    side = {
+        "client": "  [bold red]client-bound[/]",
+        "both": "  [bold red]client-bound[/] (the server's core too)",
+        "server": "  server-bound",
+    }.get(r.limited_by, "")
+    other = r.other_load_pct()
     return (
-        f"round {round_ + 1}: {r.target:<14} {r.replies_per_s:>12,.0f} replies/s  "
-        f"p99 {_ms(r.latency_ms['p99'])} ms  server CPU "
-        f"{'?' if r.server_cpu_pct is None else f'{r.server_cpu_pct:.0f}%'}  client CPU "
-        f"{max(r.client_cpu_pct, default=0):.0f}%" + ("" if r.ok else "  [red]problems[/]")
+        f"round {round_ + 1}: {r.label or r.target:<28} {r.replies_per_s:>12,.0f} replies/s  "
+        f"p99 {_ms(r.latency_ms['p99'])} ms  server CPU {_pct(r.server_cpu_pct)}  client CPU "
+        f"{max(r.client_cpu_pct, default=0):.0f}%"
+        + ("" if other is None else f"  other {other:.0f}%")
+        + side
+        + ("" if r.ok else "  [red]problems[/]")
     )
 
 

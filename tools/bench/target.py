@@ -3,7 +3,9 @@ running; and what ``/proc`` says about it (CPU time, resident memory)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -15,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAPTER_DIR = ROOT / "chapters"
 ASYNCIO = "asyncio"
 ASYNCIO_TUNED = "asyncio-tuned"
-# The baselines and the style of tools.asyncio_server each one runs.
-BASELINES = {ASYNCIO: "plain", ASYNCIO_TUNED: "tuned"}
+# The baselines: the style of tools.asyncio_server each one runs, and on which event loop.
+# The loop is part of the name, so "asyncio" always means the standard library's loop
+# (installing uvloop never silently changes what a row measures).
+BASELINES = {
+    ASYNCIO: ("plain", "asyncio"),
+    ASYNCIO_TUNED: ("tuned", "asyncio"),
+    "asyncio-uvloop": ("plain", "uvloop"),
+    "asyncio-tuned-uvloop": ("tuned", "uvloop"),
+}
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -53,9 +63,16 @@ def resolve_target(name: str) -> str:
         if name == chapter or name == chapter[:2] or name == chapter[3:]:
             return chapter
     raise BenchError(
-        f"unknown target {name!r}: choose {ASYNCIO}, {ASYNCIO_TUNED} or a chapter "
+        f"unknown target {name!r}: choose {', '.join(BASELINES)} or a chapter "
         f"({', '.join(known) or 'none yet'})"
     )
+
+
+def check_runnable(name: str) -> None:
+    """Refuse, before anything starts, a uvloop baseline without uvloop."""
+    needs_uvloop = name in BASELINES and BASELINES[name][1] == "uvloop"
+    if needs_uvloop and importlib.util.find_spec("uvloop") is None:
+        raise BenchError(f"{name} needs uvloop, which is not installed: pip install -e '.[bench]'")
 
 
 def target_features(name: str) -> frozenset[str]:
@@ -101,6 +118,78 @@ def raise_nofile(needed: int) -> tuple[int, int, int, bool]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     enough = soft == resource.RLIM_INFINITY or soft >= needed
     return before, soft, hard, enough
+
+
+# -- cores ----------------------------------------------------------------------------------
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (a container or taskset may allow fewer than
+    ``os.cpu_count()``)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def affinity_for_children(cores: set[int] | None) -> Iterator[None]:
+    """Start processes inside this block and they run on ``cores``, every thread of them.
+
+    ``sched_setaffinity(0, …)`` sets the *calling thread's* mask, and a child forked by
+    that thread inherits it; so the mask is set around the fork and restored after, and no
+    other thread of the bench moves. (Pinning the server by pid after it started would
+    miss the worker threads it had already created.)"""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def process_cores(pid: int) -> list[int] | None:
+    """The cores a running process may use, as the kernel says."""
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:
+        return None
+
+
+def core_ticks() -> dict[int, tuple[int, int, int]]:
+    """Per core, from ``/proc/stat``: (busy, interrupt, all) ticks since boot. Busy is
+    every state but idle and iowait, whichever process it was for; interrupt is the irq
+    and softirq part of it, which no process is charged for (on loopback that is mostly
+    TCP's receive work for the bench's own traffic)."""
+    ticks: dict[int, tuple[int, int, int]] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu") or line.startswith("cpu "):
+                    continue
+                name, *values = line.split()
+                numbers = [int(v) for v in values[:8]]
+                idle = numbers[3] + numbers[4]
+                total = sum(numbers)
+                ticks[int(name[3:])] = (total - idle, numbers[5] + numbers[6], total)
+    except (OSError, ValueError, IndexError):
+        return {}
+    return ticks
+
+
+def core_usage_pct(
+    before: dict[int, tuple[int, int, int]], after: dict[int, tuple[int, int, int]]
+) -> dict[int, tuple[float, float]]:
+    """Per core, between two :func:`core_ticks` samples: (% busy, % in interrupts)."""
+    usage = {}
+    for core, (b1, i1, t1) in after.items():
+        b0, i0, t0 = before.get(core, (b1, i1, t1))
+        if t1 > t0:
+            usage[core] = ((b1 - b0) / (t1 - t0) * 100, (i1 - i0) / (t1 - t0) * 100)
+    return usage
 
 
 # -- /proc ----------------------------------------------------------------------------------
@@ -179,10 +268,12 @@ class ServerProcess:
     ``COLUMNS=200`` so rich does not wrap it). Its stderr is drained by a thread, keeping
     the last lines to show if it fails."""
 
-    def __init__(self, target: str, settings: ServerSettings, loop: str = "auto") -> None:
+    def __init__(
+        self, target: str, settings: ServerSettings, cores: set[int] | None = None
+    ) -> None:
         self.target = target
         self.settings = settings
-        self.loop = loop
+        self.cores = cores  # pin every thread of the server to these cores
         # The user database goes to tmpfs when there is one: a register is an SQLite commit,
         # and on a disk its fsyncs would measure the disk rather than the server.
         shm = Path("/dev/shm")
@@ -205,8 +296,8 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         if self.target in BASELINES:
-            module = ["-m", "tools.asyncio_server", "--loop", self.loop]
-            module += ["--style", BASELINES[self.target]]
+            style, loop = BASELINES[self.target]
+            module = ["-m", "tools.asyncio_server", "--loop", loop, "--style", style]
         else:
             module = ["-m", f"chapters.{self.target}"]
         return [sys.executable, *module, "--config", str(self.config_path)]
@@ -214,17 +305,18 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> int:
         env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            # Its own session: a Ctrl-C in the terminal reaches the bench, which then
-            # stops the server cleanly, rather than both at once.
-            start_new_session=True,
-        )
+        with affinity_for_children(self.cores):
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                # Its own session: a Ctrl-C in the terminal reaches the bench, which then
+                # stops the server cleanly, rather than both at once.
+                start_new_session=True,
+            )
         self._reader = threading.Thread(target=self._read_stderr, name="server-stderr", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout
