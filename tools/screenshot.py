@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
             "defences are for), then save its dashboard's last frame as an SVG at 100x24.\n"
             "Loopback only, a free port, an in-memory user store; every server is stopped.\n\n"
             "examples:\n"
-            "  python -m tools.screenshot                 # every chapter, into docs/assets/dashboard/\n"
+            "  python -m tools.screenshot       # every chapter, into docs/assets/dashboard/\n"
             "  python -m tools.screenshot 06 --show       # one chapter, and print the frame"
         ),
     )

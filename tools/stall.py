@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=DEFAULT_ITERATIONS,
         metavar="N",
-        help=f"PasswordHashIterations: the cost of one login (default: the shipped {DEFAULT_ITERATIONS})",
+        help="PasswordHashIterations: the cost of one login "
+        f"(default: the shipped {DEFAULT_ITERATIONS})",
     )
     parser.add_argument(
         "--workers",

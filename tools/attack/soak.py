@@ -428,7 +428,8 @@ class GoodClient(threading.Thread):
         first = bad[0]
         self.fail(
             f"reply {first + 1} of {len(expected)} wrong: expected "
-            f"{want[starts[first] : ends[first]].hex()}, got {bytes(got[starts[first] : ends[first]]).hex()}"
+            f"{want[starts[first] : ends[first]].hex()}, "
+            f"got {bytes(got[starts[first] : ends[first]]).hex()}"
         )
         return False  # the stream may be out of step now: start again on a new connection
 

@@ -189,7 +189,8 @@ def render(panels: list[Panel], title: str = "Replies per second (higher is bett
                 value += f" ({bar.problems:,} problems)"
             cls = "value warn" if bar.client_bound or bar.problems else "value"
             out.append(
-                f'<text x="{LABEL_W + w + 6:.1f}" y="{mid:.1f}" class="{cls}">{escape(value)}</text>'
+                f'<text x="{LABEL_W + w + 6:.1f}" y="{mid:.1f}" class="{cls}">'
+                f"{escape(value)}</text>"
             )
         out.append("</g>")
         y += PANEL_HEAD + height + 18 + PANEL_GAP

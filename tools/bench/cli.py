@@ -80,7 +80,8 @@ def build_parser() -> RichParser:
             "examples:\n"
             "  python -m tools.bench --chapter asyncio --connections 100 --duration 5\n"
             "  python -m tools.bench --chapter 02_epoll --connections 100 --pipeline 16\n"
-            "  python -m tools.bench --compare asyncio 02_epoll 06_flood --repeat 3 --json p1.json\n"
+            "  python -m tools.bench --compare asyncio 02_epoll 06_flood --repeat 3 \\\n"
+            "      --json p1.json\n"
             "  python -m tools.bench --compare asyncio 05_timers 06_flood --defences both\n"
             "  python -m tools.bench --chapter 03_pool --idle-connections 10000\n"
             "  python -m tools.bench --port 5678            (a server you started yourself)\n"
@@ -158,7 +159,8 @@ def build_parser() -> RichParser:
         "--mode",
         choices=MODES,
         default="ping",
-        help=f"what to send (default: ping); mixed = {MIXED_DOC}, in a fixed order; login and mixed first register one user per connection",
+        help=f"what to send (default: ping); mixed = {MIXED_DOC}, in a fixed order; "
+        "login and mixed first register one user per connection",
     )
     load.add_argument(
         "--duration",
@@ -202,7 +204,8 @@ def build_parser() -> RichParser:
         type=int,
         default=0,
         metavar="N",
-        help="open N idle connections first; report server memory per connection and whether they still answer",
+        help="open N idle connections first; report server memory per connection and "
+        "whether they still answer",
     )
 
     server = parser.add_argument_group("server config (for a server the tool starts)")
@@ -211,7 +214,8 @@ def build_parser() -> RichParser:
         type=int,
         default=1000,
         metavar="N",
-        help="PasswordHashIterations (default: 1000, cheap on purpose; the shipped 600000 would measure hashlib)",
+        help="PasswordHashIterations (default: 1000, cheap on purpose; the shipped 600000 "
+        "would measure hashlib)",
     )
     server.add_argument(
         "--workers",
@@ -231,7 +235,8 @@ def build_parser() -> RichParser:
     server.add_argument(
         "--heartbeat",
         action="store_true",
-        help="turn the heartbeat check on (Sock_MaxWaitTime = 5; idle connections then ping every 2.5 s)",
+        help="turn the heartbeat check on (Sock_MaxWaitTime = 5; idle connections then "
+        "ping every 2.5 s)",
     )
     server.add_argument(
         "--flood",
@@ -255,7 +260,8 @@ def build_parser() -> RichParser:
         "--chart",
         type=Path,
         metavar="FILE",
-        help="also draw replies/s as an SVG chart (python -m tools.bench chart merges several runs)",
+        help="also draw replies/s as an SVG chart (python -m tools.bench chart merges "
+        "several runs)",
     )
     return parser
 
@@ -279,7 +285,8 @@ def build_chart_parser() -> RichParser:
 def build_parser_bench_parser() -> RichParser:
     parser = RichParser(
         prog="python -m tools.bench parser",
-        description="Time common.protocol.PacketParser alone: N ping packets from one coalesced buffer (no sockets), best of R runs.",
+        description="Time common.protocol.PacketParser alone: N ping packets from one "
+        "coalesced buffer (no sockets), best of R runs.",
     )
     parser.add_argument(
         "--packets",

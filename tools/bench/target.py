@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.chapters import discover
+
 ROOT = Path(__file__).resolve().parents[2]
-CHAPTER_DIR = ROOT / "chapters"
 ASYNCIO = "asyncio"
 ASYNCIO_TUNED = "asyncio-tuned"
 # The baselines: the style of tools.asyncio_server each one runs, and on which event loop.
@@ -46,11 +47,7 @@ class BenchError(Exception):
 
 
 def chapters() -> list[str]:
-    return sorted(
-        p.name
-        for p in CHAPTER_DIR.iterdir()
-        if p.is_dir() and re.fullmatch(r"\d\d_[a-z_]+", p.name) and (p / "server.py").exists()
-    )
+    return [chapter.name for chapter in discover(ROOT)]
 
 
 def resolve_target(name: str) -> str:
