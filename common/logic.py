@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from common.config import Config
 from common.protocol import (
+    PING,
     PING_PACKET,
     Event,
     Login,
@@ -241,6 +242,9 @@ class Logic:
         handle = self.handle
         malformed = 0
         for event in events:
+            if event is PING:  # the hot path: its reply is a constant
+                replies.append(PING_PACKET)
+                continue
             if not isinstance(event, Packet):
                 malformed += 1
                 counters.add("malformed")

@@ -174,6 +174,11 @@ class Packet(NamedTuple):
     body: bytes
 
 
+# A ping as the parser yields it (code 0, CRC 0, no body): always this one object, so the
+# hot paths can recognise it with ``is``.
+PING = Packet(MsgCode.PING, 0, b"")
+
+
 class ProtocolError(NamedTuple):
     """A header whose length is impossible (< 8 or > 29000). The parser has already
     discarded those 8 bytes; what happens to the connection is the chapter's decision."""
@@ -241,7 +246,8 @@ class PacketParser:
         while end - pos >= HEADER_LEN:
             length, code, crc = unpack_from(view, pos)
             if length == HEADER_LEN:
-                append(new(Packet, (code, crc, b"")))
+                # The commonest packet by far is a ping: one shared, immutable object.
+                append(PING if code == 0 == crc else new(Packet, (code, crc, b"")))
                 pos += HEADER_LEN
             elif length < HEADER_LEN or length > PKG_MAX_ACCEPTED:
                 # C++ mirror: drop the 8 header bytes and restart at the next byte.

@@ -82,12 +82,26 @@ def render_diff(root: Path, name: str) -> str:
         f"(`python -m tools.chapters diff {prev.number} {chapter.number}` prints the same). "
         f"Files {'; '.join(summary)}. Every other file is identical to `{prev.name}`.\n"
     ]
-    for diff in diffs:
-        body = "\n".join(_escape_snippet_notation(line) for line in diff.text.splitlines())
+    # server.py first (it holds the handlers and the wiring), then the chapter's own new
+    # modules, then the rest; each file's diff collapsed, so the page stays short and the
+    # reader opens the ones they want.
+    order = {"added": 1, "changed": 2, "removed": 3}
+    for diff in sorted(diffs, key=lambda d: (d.path != "server.py", order[d.status], d.path)):
+        lines = diff.text.splitlines()
+        body = "\n".join(_escape_snippet_notation(line) for line in lines)
         fence = _fence_for(body)
         title = diff.new_label if diff.status != "removed" else f"{diff.old_label} (removed)"
-        parts.append(f'{fence} diff title="{title}"\n{body}\n{fence}\n')
+        plus = sum(1 for line in lines[2:] if line.startswith("+"))
+        minus = sum(1 for line in lines[2:] if line.startswith("-"))
+        block = f'{fence} diff title="{title}"\n{body}\n{fence}'
+        summary = f"{diff.path} ({diff.status}: +{plus} -{minus})"
+        parts.append(f'??? abstract "{summary}"\n\n' + _indent(block) + "\n")
     return "\n".join(parts)
+
+
+def _indent(text: str) -> str:
+    """Indent a block by four spaces, so it sits inside a collapsible ``???`` block."""
+    return "\n".join(f"    {line}" if line else "" for line in text.splitlines())
 
 
 def render_files(root: Path, name: str) -> str:

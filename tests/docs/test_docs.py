@@ -200,9 +200,11 @@ def test_hook_renders_diff_and_file_table(tmp_path: Path):
     assert "<!--" not in out
     assert "`python -m tools.chapters diff 01 02`" in out
     # The README diff holds ``` lines, so its block is fenced with four backticks.
-    assert '```` diff title="chapters/02_b/README.md"\n--- chapters/01_a/README.md\n' in out
-    assert '``` diff title="chapters/02_b/server.py"\n--- chapters/01_a/server.py\n' in out
-    assert "+# ;--8<-- [start:x]\n" in out  # escaped for pymdownx.snippets
+    assert '    ```` diff title="chapters/02_b/README.md"\n    --- chapters/01_a/README.md\n' in out
+    assert '    ``` diff title="chapters/02_b/server.py"\n    --- chapters/01_a/server.py\n' in out
+    assert "    +# ;--8<-- [start:x]\n" in out  # escaped for pymdownx.snippets
+    # one collapsed block per file, server.py first
+    assert out.index('??? abstract "server.py (changed') < out.index('??? abstract "README.md')
     assert "| `server.py` | **changed** |" in out
     first = hook.render_placeholders("<!-- chapter-diff: 01 -->", tmp_path)
     assert first.startswith('!!! note "No diff for the first chapter"')
