@@ -3,9 +3,12 @@
 C++: main() in nginx.cxx (read the config, set up logging, open the listening sockets,
 run the event loop) and the SIGINT/SIGTERM handling of ngx_signal.cxx.
 
-What differs from the original: one process in the foreground (no master/worker fork, no
-daemon), and a signal asks for a clean shutdown (every thread joined, every socket
-closed) instead of the process dying where it stands.
+What differs from the original: a signal asks for a clean shutdown (every thread joined,
+every socket closed) instead of the process dying where it stands. Chapters 1-6 run one
+process in the foreground; chapter 7's server is a master that forks workers, and only
+for a server like it (one with ``signal_actions``) does this module detach when
+``Daemon = 1``, write the ``PidFile`` and route SIGHUP and SIGQUIT (C++ nginx: ngx_daemon,
+ngx_create_pidfile, the signals table).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,8 +28,8 @@ from typing import Protocol
 from rich.console import Console, RenderableType
 
 from common.config import DEFAULT_CONFIG, Config, ConfigError
-from common.log import parse_level, setup_logging
-from common.platform import UnsupportedPlatform
+from common.log import log_as, parse_level, setup_logging
+from common.platform import UnsupportedPlatform, set_title
 
 log = logging.getLogger("cli")
 
@@ -94,6 +98,12 @@ class ServerLike(Protocol):
     def stats(self) -> dict[str, object]: ...
 
 
+class MasterLike(ServerLike, Protocol):
+    """A server that runs processes of its own (chapter 7's master)."""
+
+    def signal_actions(self) -> dict[int, Callable[[], None]]: ...
+
+
 def serve(
     args: argparse.Namespace,
     make_server: Callable[[Config], ServerLike],
@@ -140,6 +150,15 @@ def serve(
         err.print(f"[bold red]error:[/] cannot listen on {where}: {reason}", highlight=False)
         return 1
 
+    pid_file = None
+    if hasattr(server, "signal_actions"):
+        try:
+            pid_file = _become_master(server, config)
+        except (ConfigError, OSError) as exc:
+            server.shutdown()
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2 if isinstance(exc, ConfigError) else 1
+
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -169,6 +188,8 @@ def serve(
     finally:
         server.shutdown()
         thread.join(timeout=10)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     if failure:
         log.critical("the server stopped on an error: %r", failure[0])
         return 1
@@ -179,6 +200,41 @@ def serve(
         highlight=False,
     )
     return 0
+
+
+def _become_master(server: MasterLike, config: Config) -> Path | None:
+    """Before the first fork: detach when ``Daemon = 1``, write the ``PidFile`` (returned,
+    to remove at exit), name the process and its log lines, route SIGHUP and SIGQUIT."""
+    daemon, pid_file = config.get_bool("Daemon"), config.get_str("PidFile")
+    if daemon and not pid_file:
+        raise ConfigError(config.source, None, "Daemon = 1 needs a PidFile to be found again")
+    if daemon:
+        daemonize(config.get_path("Log") if config.get_str("Log") else os.devnull)
+    path = Path(config.get_path("PidFile")) if pid_file else None
+    if path is not None:
+        path.write_text(f"{os.getpid()}\n")
+    set_title("master")
+    log_as("master")
+    for signum, action in server.signal_actions().items():
+        signal.signal(signum, lambda _signum, _frame, act=action: act())
+    return path
+
+
+def daemonize(log_file: str) -> None:
+    """Leave the terminal. C++ (nginx): ngx_daemon. Fork (the shell sees the command end),
+    ``setsid`` (a session of our own, without a controlling terminal), fork again (so one
+    is never acquired); stdin and stdout to /dev/null, stderr (the log) to ``log_file``."""
+    null = os.open(os.devnull, os.O_RDWR)  # opened first: an error still reaches the terminal
+    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for step in ("setsid", "again"):
+        if os.fork():
+            os._exit(0)  # the parent leaves at once: none of its exit handlers run
+        if step == "setsid":
+            os.setsid()
+    for fd, target in ((0, null), (1, null), (2, out)):
+        os.dup2(target, fd)
+    os.close(null)
+    os.close(out)
 
 
 def _run_dashboard(

@@ -11,6 +11,7 @@ one line per connection at INFO, so the shipped ``LogLevel = 6`` keeps a busy se
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -64,3 +65,13 @@ def setup_logging(level: int, console: Console | None = None) -> None:
 
 def notice(logger: logging.Logger, msg: str, *args: object) -> None:
     logger.log(NOTICE, msg, *args)
+
+
+def log_as(name: str) -> None:
+    """Start every log line of this process with ``name [pid]`` (chapter 7: ``master``,
+    ``worker 2``). A fresh handler on a fresh stream: in a process just forked, a lock
+    that another thread of the parent held in the old ones would stay held forever."""
+    stream = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    setup_logging(logging.getLogger().level, Console(file=stream))
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"{name} [{os.getpid()}]: %(message)s"))

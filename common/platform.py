@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import sys
+from pathlib import Path
 
 
 class UnsupportedPlatform(RuntimeError):
@@ -17,3 +19,17 @@ def require_epoll() -> None:
             f"this chapter needs Linux's epoll, which {sys.platform} does not have; "
             "run it on Linux, in WSL, or in a Linux container (chapter 1 runs anywhere)."
         )
+
+
+def set_title(title: str) -> None:
+    """Name this process for ``ps`` and ``top`` (chapter 7: ``pynginx: worker 2``). C++
+    (nginx): ngx_setproctitle. With the optional ``setproctitle`` package (``pip install
+    -e '.[titles]'``) the whole command line is replaced; without it, Linux still shows
+    the first 15 characters as the process name (``ps -o comm``); elsewhere, nothing."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/comm").write_text(title[:15])
+    else:
+        setproctitle(f"pynginx: {title}")

@@ -8,15 +8,19 @@ them are skipped visibly (``-ra`` prints why).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
+import mmap
 import os
 import queue
 import re
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +72,22 @@ def test_config(**overrides: object) -> Config:
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
 
+# Chapter 7 runs its workers as processes: the shared suite runs it with two, and their
+# user store must be a file (one per server, as :memory: is one per server elsewhere).
+PROCESS_OVERRIDES = {"WorkerProcesses": 2}
+_STORES = tempfile.mkdtemp(prefix="pynginx-tests-")
+atexit.register(shutil.rmtree, _STORES, ignore_errors=True)
+
+
+def chapter_config(chapter: str, **overrides: object) -> Config:
+    """``test_config(**overrides)``, plus for a chapter with worker processes two workers
+    and a fresh user store file (unless the test sets those keys itself)."""
+    if chapter in CHAPTERS and "processes" in load_chapter(chapter).FEATURES:
+        store = tempfile.mkstemp(suffix=".sqlite3", dir=_STORES)
+        os.close(store[0])
+        overrides = {**PROCESS_OVERRIDES, "UserDatabase": store[1], **overrides}
+    return test_config(**overrides)
+
 
 def load_chapter(name: str) -> ModuleType:
     """The chapter package (TITLE, FEATURES …); for the baseline, its server module."""
@@ -78,10 +98,28 @@ def load_chapter(name: str) -> ModuleType:
 
 class FakeClock:
     """A clock that moves only when the test sets ``now``: timers, recycling and flood
-    detection take their time from it instead of sleeping."""
+    detection take their time from it instead of sleeping. A number set as ``now`` lives in
+    shared memory (an anonymous shared mapping), so the worker processes chapter 7 forks
+    read the time the test sets; any other object (a counting float) stays in-process."""
 
     def __init__(self, now: float = 1000.0) -> None:
+        self._shared = mmap.mmap(-1, 8)  # MAP_SHARED: a forked child sees every write
+        self._other: object = None
         self.now = now
+
+    @property
+    def now(self) -> float:
+        if self._other is not None:
+            return self._other  # type: ignore[return-value]
+        return struct.unpack("d", self._shared[:8])[0]
+
+    @now.setter
+    def now(self, value: float) -> None:
+        if type(value) in (int, float):
+            self._shared[:8] = struct.pack("d", value)
+            self._other = None
+        else:
+            self._other = value
 
     def __call__(self) -> float:
         return self.now
@@ -147,10 +185,24 @@ def chapter(request: pytest.FixtureRequest) -> str:
     for marker in request.node.iter_markers("features"):
         needed.update(marker.args)
     have = load_chapter(name).FEATURES
+    # "in-process": the test reaches into the server object (its store, its loop), which
+    # with worker processes lives in the children (chapter 7): skipped there, visibly.
+    have = have if "processes" in have else have | {"in-process"}
     missing = needed - have
     if missing:
         pytest.skip(f"{name} lacks {', '.join(sorted(missing))}")
     return name
+
+
+def in_process(chapters: list[str]) -> list[object]:
+    """``chapters`` as parameters, the ones with worker processes skipped (as the
+    ``in-process`` feature does for tests that take the ``chapter`` fixture)."""
+    return [
+        pytest.param(name, marks=pytest.mark.skip(reason=f"{name} lacks in-process"))
+        if "processes" in load_chapter(name).FEATURES
+        else name
+        for name in chapters
+    ]
 
 
 @pytest.fixture
@@ -161,7 +213,7 @@ def serve(chapter: str) -> Iterator[Callable[..., RunningServer]]:
 
     def start(clock: Callable[[], float] | None = None, **overrides: object) -> RunningServer:
         options = {} if clock is None else {"clock": clock}
-        running = RunningServer(chapter, test_config(**overrides), **options)
+        running = RunningServer(chapter, chapter_config(chapter, **overrides), **options)
         started.append(running)
         return running
 

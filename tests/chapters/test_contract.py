@@ -23,9 +23,9 @@ from tests.conftest import (
     SERVER_MODULES,
     SERVER_OPTIONS,
     FakeClock,
+    chapter_config,
     load_chapter,
     recv_exactly,
-    test_config,
     wait_until,
 )
 
@@ -59,6 +59,7 @@ PROMISED: dict[str, set[str]] = {
     },
     "timers": {"queues.timers", "kicks.silence", "kicks.send_stall", "kicks.timeout"},
     "flood": {"kicks.flood", "kicks.malformed"},
+    "processes": {"accept_races", "processes.workers", "processes.respawns", "processes.reloads"},
 }
 ZERO_AT_START = {"online", "pool.total", "pool.free"}  # sizes, not counts of events
 
@@ -75,7 +76,7 @@ def flatten(stats: Mapping[str, object], prefix: str = "") -> dict[str, object]:
 
 def make_server(chapter: str):
     module = importlib.import_module(SERVER_MODULES[chapter])
-    return module.Server(test_config(), **SERVER_OPTIONS.get(chapter, {}))
+    return module.Server(chapter_config(chapter), **SERVER_OPTIONS.get(chapter, {}))
 
 
 def start(server) -> threading.Thread:
@@ -196,7 +197,8 @@ def test_one_injected_clock_drives_every_timer(chapter):
     happen on the real clock within this test's deadlines."""
     features = load_chapter(chapter).FEATURES
     clock = FakeClock()
-    config = test_config(
+    config = chapter_config(
+        chapter,
         Sock_RecyConnectionWaitTime=60,
         Sock_WaitTimeEnable=1,
         Sock_MaxWaitTime=20,

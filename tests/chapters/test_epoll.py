@@ -87,6 +87,7 @@ def test_client_that_stops_reading_does_not_block_others(serve):
     hog.close()
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_stale_event_for_a_reused_fd_is_ignored(chapter):
     """One batch: a read event closes fd N, an accept reuses N, then a second (stale) read
     event for N arrives. It must not be delivered to the new connection."""

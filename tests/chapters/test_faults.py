@@ -27,6 +27,7 @@ from tests.conftest import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     Proc,
+    in_process,
     load_chapter,
     recv_exactly,
     recv_until_eof,
@@ -118,7 +119,7 @@ class FlakyListener:
 
 
 @pytest.mark.parametrize("code", [errno.ENOBUFS, errno.EPROTO, errno.EPERM, errno.ENOMEM])
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", in_process(CHAPTERS))  # it wraps the server's listener
 def test_a_failed_accept_is_counted_and_the_server_carries_on(chapter, code):
     server = importlib.import_module(f"chapters.{chapter}.server").Server(test_config())
     if has(chapter, "epoll"):
@@ -214,6 +215,7 @@ class ExplodingSocket:
         return getattr(self._sock, name)
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 @pytest.mark.features("sendqueue")
 def test_a_send_that_raises_closes_that_client_and_the_send_thread_carries_on(serve):
     srv = serve()
@@ -256,6 +258,7 @@ class FullStore(UserStore):
                     break
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_a_full_user_store_answers_error_and_the_server_carries_on(serve, tmp_path):
     srv = serve()
     store = FullStore(str(tmp_path / "users.sqlite3"))
@@ -273,6 +276,7 @@ def test_a_full_user_store_answers_error_and_the_server_carries_on(serve, tmp_pa
         store.close()
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_a_handler_bug_drops_that_request_only(serve, monkeypatch):
     """A handler that raises (a bug) costs its request the reply and is counted; the
     connection is kept, later requests are answered, and a half-closed client is still

@@ -111,7 +111,8 @@ def test_online_limit_closes_extra_clients_at_accept(serve):
 
 @pytest.mark.features("pool")
 def test_storm_guard_refuses_when_recycle_queue_floods(serve):
-    srv = serve(worker_connections=2, Sock_RecyConnectionWaitTime=3600)
+    # One pool (chapter 7: one worker process; each would have a pool of its own).
+    srv = serve(worker_connections=2, Sock_RecyConnectionWaitTime=3600, WorkerProcesses=1)
     refused_before = 0
     for _ in range(30):
         with srv.raw() as sock:
@@ -134,7 +135,7 @@ def test_storm_guard_refuses_when_recycle_queue_floods(serve):
 
 @pytest.mark.features("pool")
 def test_reused_object_never_gets_the_old_clients_replies(serve):
-    srv = serve(worker_connections=1, Sock_RecyConnectionWaitTime=0)
+    srv = serve(worker_connections=1, Sock_RecyConnectionWaitTime=0, WorkerProcesses=1)
     old = srv.raw()
     old.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     old.sendall(PING_PACKET * 5000)  # many replies owed, never read
@@ -154,7 +155,7 @@ def test_reused_object_never_gets_the_old_clients_replies(serve):
 
 @pytest.mark.features("pool")
 def test_dashboard_renders_pool_counters(serve):
-    srv = serve()
+    srv = serve(WorkerProcesses=1)  # one pool of 1024 (chapter 7: one per worker process)
     with srv.raw() as sock:
         sock.sendall(PING_PACKET)
         assert recv_exactly(sock, 8) == PING_PACKET

@@ -169,6 +169,7 @@ def test_pipelined_burst_from_a_reading_client_is_never_kicked(serve, n):
         assert srv.stats()["closed"] == 0
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_reply_for_a_closed_connection_never_reaches_the_new_owner(serve):
     srv = serve(worker_connections=1, Sock_RecyConnectionWaitTime=0)
     store = GatedStore()
@@ -189,6 +190,7 @@ def test_reply_for_a_closed_connection_never_reaches_the_new_owner(serve):
         assert recv_exactly(new, 8) == PING_PACKET
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_pings_are_answered_while_a_login_is_being_processed(serve):
     """The point of the chapter: a slow request no longer stalls other clients. The
     ordering is asserted, not durations: B's pings all come back while A's register is
@@ -207,6 +209,7 @@ def test_pings_are_answered_while_a_login_is_being_processed(serve):
         assert recv_exactly(a, 108) == register_reply(Status.OK, "slow")
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_half_close_while_a_request_is_with_the_workers(serve):
     """Reference bug 5 with replies produced on another thread: FIN arrives while the
     register is still running; the reply is still delivered before the close."""
@@ -337,6 +340,7 @@ class SlowStore(UserStore):
         return status
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_a_client_pipelining_slow_requests_does_not_starve_others(serve):
     """One worker, one client with 40 slow registers queued: another client's ping is
     answered after at most one more of them (the greedy client's turn), not after all 40.
@@ -369,6 +373,7 @@ def test_a_client_pipelining_slow_requests_does_not_starve_others(serve):
         assert rest == b"".join(register_reply(Status.OK, f"g{i}") for i in range(1, 40))
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 def test_no_request_waits_behind_another_clients_while_a_worker_is_idle(serve):
     """Four workers, three of them held inside registers that cannot finish yet: the
     fourth answers every other client's requests. (A worker that took several clients at

@@ -188,6 +188,7 @@ def _exchange(sock, request: bytes, n: int) -> bytes | None:
         return None
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 @pytest.mark.features("timers")
 def test_pinging_client_survives_many_intervals(serve):
     clock = FakeClock()
@@ -244,6 +245,7 @@ def test_closed_connections_leave_the_timer_queue(serve):
     assert srv.stats()["closed"] == 50
 
 
+@pytest.mark.features("in-process")  # reaches into the server object
 @pytest.mark.features("timers")
 def test_heartbeat_off_keeps_idle_clients(serve):
     """No heartbeat, no monitor thread: an idle client stays, however long it idles (the
