@@ -90,6 +90,7 @@ class Master(ServerLifecycle):
                 ),
                 close_listening_sockets,
             )
+            self.bound = self.addresses  # (a quit closes the sockets: keep what they were)
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.at_shutdown(lambda: (os.close(self._wake_r), os.close(self._wake_w)))
 
@@ -106,7 +107,7 @@ class Master(ServerLifecycle):
                     self._respawn(slot)
                 while self._asked:
                     what, config = self._asked.pop(0)
-                    self._reload(config) if what == "reload" else self._tell_all("q")
+                    self._reload(config) if what == "reload" else self._stop_accepting("q")
         finally:
             self._stop_all()
 
@@ -157,7 +158,7 @@ class Master(ServerLifecycle):
         """Fork one worker; return once it serves. C++ (nginx): ngx_spawn_process."""
         from .server import Worker  # (server.py imports this module)
 
-        host, ports = self.addresses[0][0], [port for _, port in self.addresses]
+        host, ports = self.bound[0][0], [port for _, port in self.bound]
 
         def make() -> Worker:  # runs in the child
             listeners = self.listeners
@@ -235,12 +236,13 @@ class Master(ServerLifecycle):
         except (ConfigError, WorkerFailed, OSError) as exc:
             log.error("reload failed, the workers go on with the old config: %s", exc)
             return
-        old = [c for c in self.children.values() if c.generation == self.generation]
-        self.config, self.generation = config, self.generation + 1
-        self.counts["reloads"] += 1
-        for child in old:
-            child.state = "draining"
-            child.channel.send("q")
+        with self._lock:
+            old = [c for c in self.children.values() if c.generation == self.generation]
+            for child in old:
+                child.state = "draining"
+                child.channel.send("q")
+            self.config, self.generation = config, self.generation + 1
+            self.counts["reloads"] += 1
         notice(log, "reloaded: generation %d serves, %d workers drain", self.generation, len(old))
 
     def _tell_all(self, command: str) -> None:
@@ -250,9 +252,15 @@ class Master(ServerLifecycle):
                 with contextlib.suppress(OSError):
                     child.channel.send(command)
 
+    def _stop_accepting(self, command: str) -> None:
+        """Close our listening sockets (new clients are refused, not queued for no one),
+        then tell every worker: ``"q"`` or ``"t"``."""
+        close_listening_sockets(self.listeners)
+        self._tell_all(command)
+
     def _stop_all(self) -> None:
         """``"t"`` to every worker; SIGKILL for any still there after ``STOP_TIMEOUT``."""
-        self._tell_all("t")
+        self._stop_accepting("t")
         deadline = time.monotonic() + STOP_TIMEOUT
         while self.children and time.monotonic() < deadline:
             for pidfd in self._wait(max(0.0, deadline - time.monotonic())):

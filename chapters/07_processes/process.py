@@ -40,9 +40,10 @@ def run_worker(make: Make, channel: Channel, keep: list[int], name: str, grace: 
             if fd not in (0, 1, 2, channel.fileno(), *keep):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the group: the master acts
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_DFL)  # not the parent's handlers
+        for signum in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C reaches the whole group: the
+            signal.signal(signum, signal.SIG_IGN)  # master decides, and it alone reloads
+        for signum in (signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_DFL)  # not the parent's handlers (yet)
         set_title(name)
         log_as(name)
         code = _serve(make, channel, grace)
@@ -58,6 +59,8 @@ def _serve(make: Make, channel: Channel, grace: float) -> int:
     except Exception as exc:  # a config value, the store, a port: say why, and go
         channel.send({"error": str(exc)})
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: drain(worker, "term"))  # as nginx's workers
+    signal.signal(signal.SIGQUIT, lambda *_: drain(worker, "quit"))
     lock = threading.Lock()  # two threads report on one channel
     threading.Thread(target=_control, args=(worker, channel, lock, grace), daemon=True).start()
     channel.send({"stats": worker.stats()})  # "ready"
