@@ -6,7 +6,7 @@ run the event loop) and the SIGINT/SIGTERM handling of ngx_signal.cxx.
 What differs from the original: a signal asks for a clean shutdown (every thread joined,
 every socket closed) instead of the process dying where it stands. Chapters 1-6 run one
 process in the foreground; chapter 7's server is a master that forks workers, and only
-for a server like it (one with ``signal_actions``) does this module detach when
+for a server like it (one with ``reload``) does this module detach when
 ``Daemon = 1``, write the ``PidFile`` and route SIGHUP and SIGQUIT (C++ nginx: ngx_daemon,
 ngx_create_pidfile, the signals table).
 """
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from rich.console import Console, RenderableType
 
@@ -81,11 +81,13 @@ def main(package: str, argv: list[str] | None = None) -> int:
     first_line = ((chapter.__doc__ or "").strip().splitlines() or [package])[0]
     description = first_line.partition(": ")[2] or first_line
     args = build_parser(f"python -m {package}", f"{title}: {description}").parse_args(argv)
+    server_class = importlib.import_module(f"{package}.server").Server
 
     def make_server(config: Config) -> ServerLike:
-        return importlib.import_module(f"{package}.server").Server(config)
+        return server_class(config)
 
-    return serve(args, make_server, package, title)
+    processes = hasattr(server_class, "reload")  # chapter 7's master
+    return serve(args, make_server, package, title, processes=processes)
 
 
 class ServerLike(Protocol):
@@ -98,21 +100,19 @@ class ServerLike(Protocol):
     def stats(self) -> dict[str, object]: ...
 
 
-class MasterLike(ServerLike, Protocol):
-    """A server that runs processes of its own (chapter 7's master)."""
-
-    def signal_actions(self) -> dict[int, Callable[[], None]]: ...
-
-
 def serve(
     args: argparse.Namespace,
     make_server: Callable[[Config], ServerLike],
     name: str,
     title: str,
+    *,
+    processes: bool = False,
 ) -> int:
     """Load the config (with ``--port``/``--host``), set up logging, start the server, and
     serve until SIGINT/SIGTERM; then shut down cleanly and say goodbye. Exit status: 0 on a
-    clean stop, 1 when the server cannot start or fails, 2 for a config problem."""
+    clean stop, 1 when the server cannot start or fails, 2 for a config problem.
+    ``processes``: the server is a master that forks workers (chapter 7; see the module's
+    docstring for what that changes here)."""
     err = Console(stderr=True)
     try:
         config = Config.load(args.config)
@@ -125,9 +125,13 @@ def serve(
             overrides["ListenAddress"] = args.host
         config = config.with_overrides(**overrides)
         level = parse_level(args.log_level or config.get_str("LogLevel"))
+        master = _Master(config) if processes else None
     except (ConfigError, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except OSError as exc:  # the log file of a daemon
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
 
     setup_logging(level)
     # A write to a socket the client has reset raises SIGPIPE, whose default action ends
@@ -136,34 +140,35 @@ def serve(
     # it already; we say so here rather than depend on it (and a test checks it).
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        server = make_server(config)
-    except UnsupportedPlatform as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 1
-    except (ConfigError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
-    except OSError as exc:
-        where = f"{config.get_str('ListenAddress')}:{','.join(map(str, config.listen_ports()))}"
-        reason = exc.strerror or exc
-        err.print(f"[bold red]error:[/] cannot listen on {where}: {reason}", highlight=False)
-        return 1
-
-    pid_file = None
-    if hasattr(server, "signal_actions"):
-        try:
-            pid_file = _become_master(server, config)
-        except (ConfigError, OSError) as exc:
-            server.shutdown()
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
-            return 2 if isinstance(exc, ConfigError) else 1
-
+    startup_err = err if master is None else master.before_start(err)
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
+
+    # Before the server starts: a signal while it starts (chapter 7 forks its workers then)
+    # stops it as soon as it serves, instead of killing the process half-built.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server = make_server(config)
+    except UnsupportedPlatform as exc:
+        startup_err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return _started(master, 1)
+    except (ConfigError, ValueError) as exc:
+        startup_err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return _started(master, 2)
+    except OSError as exc:
+        where = f"{config.get_str('ListenAddress')}:{','.join(map(str, config.listen_ports()))}"
+        reason = exc.strerror or exc
+        startup_err.print(
+            f"[bold red]error:[/] cannot listen on {where}: {reason}", highlight=False
+        )
+        return _started(master, 1)
+    if master is not None:
+        master.serving(server)  # type: ignore[arg-type]
+        _started(master, 0)
 
     def serve_thread() -> None:
         try:
@@ -173,8 +178,6 @@ def serve(
         finally:
             stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     thread = threading.Thread(target=serve_thread, name="serve", daemon=True)
     thread.start()
     try:
@@ -188,8 +191,8 @@ def serve(
     finally:
         server.shutdown()
         thread.join(timeout=10)
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
+        if master is not None:
+            master.stopped()
     if failure:
         log.critical("the server stopped on an error: %r", failure[0])
         return 1
@@ -202,39 +205,104 @@ def serve(
     return 0
 
 
-def _become_master(server: MasterLike, config: Config) -> Path | None:
-    """Before the first fork: detach when ``Daemon = 1``, write the ``PidFile`` (returned,
-    to remove at exit), name the process and its log lines, route SIGHUP and SIGQUIT."""
-    daemon, pid_file = config.get_bool("Daemon"), config.get_str("PidFile")
-    if daemon and not pid_file:
-        raise ConfigError(config.source, None, "Daemon = 1 needs a PidFile to be found again")
-    if daemon:
-        daemonize(config.get_path("Log") if config.get_str("Log") else os.devnull)
-    path = Path(config.get_path("PidFile")) if pid_file else None
-    if path is not None:
-        path.write_text(f"{os.getpid()}\n")
-    set_title("master")
-    log_as("master")
-    for signum, action in server.signal_actions().items():
-        signal.signal(signum, lambda _signum, _frame, act=action: act())
-    return path
+def _started(master: _Master | None, status: int) -> int:
+    if master is not None:
+        master.started(status)
+    return status
 
 
-def daemonize(log_file: str) -> None:
-    """Leave the terminal. C++ (nginx): ngx_daemon. Fork (the shell sees the command end),
-    ``setsid`` (a session of our own, without a controlling terminal), fork again (so one
-    is never acquired); stdin and stdout to /dev/null, stderr (the log) to ``log_file``."""
-    null = os.open(os.devnull, os.O_RDWR)  # opened first: an error still reaches the terminal
-    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for step in ("setsid", "again"):
-        if os.fork():
-            os._exit(0)  # the parent leaves at once: none of its exit handlers run
-        if step == "setsid":
-            os.setsid()
-    for fd, target in ((0, null), (1, null), (2, out)):
+# Reload and quit (chapter 7, on Linux: chapter 1 runs where they do not exist).
+MASTER_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGHUP", "SIGQUIT") if hasattr(signal, name)
+)
+
+
+class MasterLike(ServerLike, Protocol):
+    """A server that runs processes of its own (chapter 7's master)."""
+
+    def reload(self) -> None: ...
+
+    def quit(self) -> None: ...
+
+
+class _Master:
+    """What the command line does for a master process (chapter 7), in order: detach when
+    ``Daemon = 1`` and name the process, before the server forks its workers; once it
+    serves, write the ``PidFile`` and route SIGHUP and SIGQUIT; at exit remove the file.
+    C++ (nginx): main's ngx_daemon, ngx_create_pidfile, ngx_init_signals."""
+
+    def __init__(self, config: Config) -> None:
+        self.daemon = config.get_bool("Daemon")
+        pid_file = config.get_str("PidFile")
+        if self.daemon and not pid_file:
+            raise ConfigError(config.source, None, "Daemon = 1 needs a PidFile to be found")
+        self.pid_file = Path(config.get_path("PidFile")) if pid_file else None
+        self._log = -1
+        if self.daemon:  # the log file, opened now: an error still reaches the terminal
+            log_file = config.get_path("Log") if config.get_str("Log") else os.devnull
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            self._log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._done: Callable[[int], None] | None = None
+
+    def before_start(self, err: Console) -> Console:
+        """Detach if asked; the console start-up errors go to (the terminal, still)."""
+        if self.daemon:
+            terminal, self._done = daemonize(self._log)
+            err = Console(file=terminal, stderr=True)
+            os.close(self._log)
+        set_title("master")
+        log_as("master")
+        # Held until serving() routes them: a SIGHUP while the workers start is not lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        return err
+
+    def serving(self, server: MasterLike) -> None:
+        if self.pid_file is not None:
+            self.pid_file.write_text(f"{os.getpid()}\n")
+        # Both only ask the master's loop to act (the handler runs on the main thread).
+        for signum, action in zip(MASTER_SIGNALS, (server.reload, server.quit), strict=True):
+            signal.signal(signum, lambda _signum, _frame, act=action: act())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+
+    def started(self, status: int) -> None:
+        """Tell the command waiting in the terminal (a daemon's) how the start went."""
+        if self._done is not None:
+            self._done(status)
+            self._done = None
+
+    def stopped(self) -> None:
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+
+def daemonize(log: int) -> tuple[TextIO, Callable[[int], None]]:
+    """Leave the terminal. C++ (nginx): ngx_daemon. Fork (the command can return to the
+    shell), ``setsid`` (a session of our own, with no controlling terminal), fork again (so
+    one is never acquired); stdin and stdout to /dev/null, stderr (the log) to ``log``.
+    Unlike a bare double fork, the command waits until the daemon serves or fails and
+    exits with its status: returned are the terminal, for start-up errors, and
+    ``done(status)``, which tells the command."""
+    read_end, write_end = os.pipe()
+    if os.fork():  # the command in the terminal: wait for the daemon's word
+        os.close(write_end)
+        status = os.read(read_end, 1)
+        os._exit(status[0] if status else 1)  # none of its exit handlers run
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd, target in ((0, null), (1, null), (2, log)):
         os.dup2(target, fd)
     os.close(null)
-    os.close(out)
+
+    def done(status: int) -> None:
+        os.write(write_end, bytes([status]))
+        os.close(write_end)
+        terminal.close()
+
+    return terminal, done
 
 
 def _run_dashboard(

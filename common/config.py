@@ -47,7 +47,6 @@ KNOWN_KEYS: dict[str, str] = {
     "PasswordHashIterations": "600000",
     # Chapter 7: the process model.
     "ListenReusePort": "0",
-    "WorkerShutdownTimeout": "60",
     "PidFile": "",
 }
 _KNOWN_LOWER = {k.lower(): v for k, v in KNOWN_KEYS.items()}

@@ -26,10 +26,7 @@ def open_listening_sockets(
     TIME_WAIT. Non-blocking because in every chapter readiness is decided by a poll (select
     here, epoll later): ``accept`` must never block the one thread that does the waiting.
     On any failure the sockets already opened are closed before the error propagates.
-
-    ``reuse_port`` (chapter 7, ``ListenReusePort = 1``): ``SO_REUSEPORT`` lets each worker
-    process bind a listening socket of its own to the same port, and the kernel spreads the
-    connections among them; ``listen=False`` only binds (the master keeps the port).
+    ``reuse_port`` (chapter 7): a socket per worker process; ``listen=False``: bind only.
     """
     opened: list[socket.socket] = []
     try:

@@ -1,7 +1,7 @@
 """The server: the event loop's handlers, and the wiring of the chapter's parts.
 
-What this chapter adds is in ``__init__.py``, each part in a module of its own (C++ names
-in the docstrings). From chapter 7 this is what a worker process runs (``master.py``).
+What this chapter adds to the one before is in ``__init__.py``; each part it adds is a
+module of its own (the C++ names are in the docstrings).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .eventloop import READ_EVENTS, WRITE_EVENTS, EventLoop
 from .flood import FloodDetector
 from .listening import close_listening_sockets
 from .master import Master as Server  # noqa: F401  (the contract: the master, see master.py)
+from .master import drained
 from .pool import ConnectionPool
-from .process import drained
 from .sendqueue import SendQueue
 from .timers import HeartbeatTimers
 from .workers import WorkerPool
@@ -34,18 +34,6 @@ log = logging.getLogger("server")
 
 RECV_SIZE = 65536
 COUNTERS = ("accepted", "closed", "accept_errors.econnaborted", "accept_errors.emfile")
-COUNTER_GROUPS = (
-    COUNTERS,
-    ("half_closed", "accept_races"),
-    ConnectionPool.COUNTERS,
-    ("stale_requests", "epollout_armed"),
-    SendQueue.COUNTERS,
-    HeartbeatTimers.COUNTERS,
-    FloodDetector.COUNTERS,
-    ("kicks.malformed",),
-    EventLoop.COUNTERS,
-    Logic.COUNTERS,
-)
 # Requests of a client read but not answered before we stop reading it (the original's
 # receive queue has no bound). A worker's turn with one client, in seconds: without turns
 # a client that pipelines 500 logins (a few hundred ms each) holds a worker for minutes.
@@ -63,7 +51,18 @@ class Worker(ServerLifecycle):
         super().__init__()
         self.clock = clock
         self.draining = ""  # "quit" or "term" once the master says so (process.py)
-        self.counters = Counters(*COUNTER_GROUPS)
+        self.counters = Counters(
+            COUNTERS,
+            ("half_closed", "accept_races"),
+            ConnectionPool.COUNTERS,
+            ("stale_requests", "epollout_armed"),
+            SendQueue.COUNTERS,
+            HeartbeatTimers.COUNTERS,
+            FloodDetector.COUNTERS,
+            ("kicks.malformed",),
+            EventLoop.COUNTERS,
+            Logic.COUNTERS,
+        )
         # SO_SNDBUF for every client (0: the kernel's default). Shrink it to watch
         # partial writes and EPOLLOUT at work.
         self.send_buffer_size = config.get_int("Sock_SendBufferSize", minimum=0)

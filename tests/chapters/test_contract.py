@@ -61,7 +61,7 @@ PROMISED: dict[str, set[str]] = {
     "flood": {"kicks.flood", "kicks.malformed"},
     "processes": {"accept_races", "processes.workers", "processes.respawns", "processes.reloads"},
 }
-ZERO_AT_START = {"online", "pool.total", "pool.free"}  # sizes, not counts of events
+ZERO_AT_START = {"online", "pool.total", "pool.free", "processes.workers"}  # sizes
 
 
 def flatten(stats: Mapping[str, object], prefix: str = "") -> dict[str, object]:

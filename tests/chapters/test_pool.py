@@ -89,7 +89,7 @@ def test_recycler_thread_returns_connections(serve):
 
 @pytest.mark.features("pool")
 def test_online_limit_closes_extra_clients_at_accept(serve):
-    srv = serve(worker_connections=3)
+    srv = serve(worker_connections=3, WorkerProcesses=1)  # (chapter 7: a limit per worker)
     held = [srv.raw() for _ in range(3)]
     try:
         for sock in held:

@@ -399,7 +399,7 @@ def test_daemon_detaches_writes_its_pid_file_and_removes_it_on_sigterm(chapter, 
     try:
         assert alive(pid) and pid != proc.popen.pid
         wait_until(lambda: len(SERVES.findall(log_file.read_text())) == 2, timeout=START_TIMEOUT)
-        port = int(LISTENING.search(proc.text).group(1))  # said before it detached
+        port = int(LISTENING.search(log_file.read_text()).group(1))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             assert ping(sock)
         workers = [int(p) for p in SERVES.findall(log_file.read_text())]
