@@ -26,6 +26,9 @@ so each chapter shows only what it has, and a key a chapter lacks is simply not 
   once it has fired, in red while it moves.
 * Queues (4 on): ``queues.receive``, ``.send``, ``.timers`` with sparklines, and the flow
   control counts (``epollout_armed``, ``send_queue_full``, ``half_closed``) once moved.
+* Workers (7): a row per worker process from ``workers`` (slot, pid, state, clients
+  online, replies per second); every other figure is already the sum over the workers,
+  and the online limit is ``worker_connections`` per serving worker.
 
 A footer names the C++ counterpart of every figure on the screen.
 """
@@ -544,10 +547,47 @@ def _counts(
     return PanelSpec(title, 30, build, cpp, alert=bool(hot))
 
 
+def _workers(history: History, rows: list[Mapping[str, object]]) -> PanelSpec:
+    """Chapter 7: one row per worker process. The rate is per pid, between the last two
+    snapshots (a replaced worker starts with no rate)."""
+    before: dict[object, Mapping[str, object]] = {}
+    span = 0.0
+    if len(history.samples) >= 2:
+        previous, now = history.samples[-2], history.samples[-1]
+        old_rows = previous.stats.get("workers")
+        before = {row.get("pid"): row for row in old_rows} if isinstance(old_rows, list) else {}
+        span = now.at - previous.at
+
+    def build(inner: int, max_rows: int) -> list[Text]:
+        lines = []
+        for row in rows:
+            old = before.get(row.get("pid"))
+            per_s = None
+            if old is not None and span > 0:
+                delta = (value(row, "replies_out") or 0) - (value(old, "replies_out") or 0)
+                per_s = max(0.0, delta / span)
+            line = Text(f"#{row.get('slot', '?')} ", style="bold")
+            line.append(f"pid {row.get('pid', '?')} ")
+            state = str(row.get("state", "?"))
+            line.append(f"{state:<9}", style="green" if state == "serving" else "yellow")
+            line.append(f"online {human(value(row, 'online'))}  ")
+            line.append(f"{human(per_s, decimals=True)} replies/s", style="dim")
+            line.truncate(inner, overflow="ellipsis")
+            lines.append(line)
+        return _fit(lines or [Text("none", style="dim italic")], max_rows, inner)
+
+    return PanelSpec("Workers", 45, build, [("workers", "ngx_processes")])
+
+
 def panels(history: History, limit: int | None = None) -> list[PanelSpec]:
     """The panels this chapter's stats have, in screen order."""
     stats = history.latest
+    workers = stats.get("workers")
+    if isinstance(workers, list) and limit:  # chapter 7: the limit is per worker process
+        limit *= max(1, sum(1 for row in workers if row.get("state") == "serving"))
     out = [_connections(history, limit)]
+    if isinstance(workers, list):
+        out.append(_workers(history, workers))
     if value(stats, "pool.total") is not None:
         out.append(_pool(history))
     defences = defence_keys(stats)

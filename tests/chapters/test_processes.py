@@ -419,3 +419,21 @@ def test_daemon_without_a_pid_file_is_a_config_error(chapter, tmp_path):
     proc = Proc(["-m", f"chapters.{chapter}", "--config", str(conf)])
     assert proc.finish(START_TIMEOUT) == 2
     assert "Daemon = 1 needs a PidFile" in proc.text
+
+
+def test_dashboard_has_a_row_per_worker_and_the_limit_of_all(serve):
+    from rich.console import Console
+
+    from common.dashboard import render
+
+    srv = serve(worker_connections=100)
+    wait_until(lambda: len(worker_pids(srv)) == 2)
+    with srv.raw() as sock:
+        assert ping(sock)
+        console = Console(record=True, width=100)
+        console.print(render(srv.stats(), "test", limit=100))
+    text = console.export_text()
+    assert "╭─ Workers" in text
+    for pid in worker_pids(srv):
+        assert re.search(rf"#\d pid {pid} serving +online \d", text), text
+    assert re.search(r"│ online\s+1/200 ", text)  # 100 per worker, two workers

@@ -346,7 +346,7 @@ def test_churn_every_connect_served(chapter, serve):
 
 @pytest.mark.features("pool")
 def test_churn_beyond_the_online_limit_is_closed_at_accept(serve):
-    srv = serve(worker_connections=5)
+    srv = serve(worker_connections=5, WorkerProcesses=1)  # (chapter 7: a limit per worker)
     progress: list[str] = []
     report = run_churn(srv.host, srv.port, count=20, duration=10, hold=5, progress=progress.append)
     assert progress[0] == "churn: 0 of 20 cycles, 0 served, 0 closed at accept"

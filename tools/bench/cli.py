@@ -225,6 +225,14 @@ def build_parser() -> RichParser:
         help="ProcMsgRecvWorkThreadCount (default: 4)",
     )
     server.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="WorkerProcesses, for a chapter with worker processes (7 on); pinned, the server "
+        "gets N cores (default: 1)",
+    )
+    server.add_argument(
         "--defences",
         choices=["off", "on", "both"],
         default="off",
@@ -413,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         pin=args.pin,
         hash_iterations=args.hash_iterations,
         workers=args.workers,
+        processes=args.processes,
         defences="on" if args.defences == "both" else args.defences,
         heartbeat=args.heartbeat,
         flood=args.flood,

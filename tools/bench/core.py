@@ -83,6 +83,7 @@ class BenchOptions:
     pin: bool = True  # server and client on different cores (when there are two)
     hash_iterations: int = 1000
     workers: int = 4
+    processes: int = 1  # WorkerProcesses of a chapter with worker processes (7)
     defences: str = "off"  # on = heartbeat and flood detection on, never firing
     heartbeat: bool = False
     flood: bool = False
@@ -102,7 +103,7 @@ class BenchOptions:
                 "--defences on already turns the heartbeat and flood detection on (never "
                 "firing): drop --heartbeat/--flood, or use them without --defences"
             )
-        for name in ("connections", "pipeline", "hash_iterations", "workers"):
+        for name in ("connections", "pipeline", "hash_iterations", "workers", "processes"):
             if getattr(self, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
         if self.procs is not None and self.procs < 1:
@@ -127,6 +128,7 @@ class BenchOptions:
             flood=self.flood or on,
             flood_counter=NEVER_FLOODS if on else self.flood_counter,
             workers=self.workers,
+            processes=self.processes,
         )
 
 
@@ -312,22 +314,30 @@ class Pinning:
         return self.server is not None and all(self.clients)
 
 
-def plan_pinning(pin: bool, procs: int, starts_server: bool, say: Callable[[str], None]) -> Pinning:
-    """Server on the first usable core, client processes on the others, one core each."""
+def plan_pinning(
+    pin: bool, procs: int, starts_server: bool, say: Callable[[str], None], server_cores: int = 1
+) -> Pinning:
+    """Server on the first usable core (the first ``server_cores``, for a server with as
+    many worker processes), client processes on the others, one core each."""
     unpinned = Pinning(None, [None] * procs)
     if not pin:
         return unpinned
     cores = usable_cores()
-    if len(cores) < 2:
-        say("one usable core: the server and the client cannot be pinned apart")
+    server_cores = server_cores if starts_server else 0
+    if len(cores) < server_cores + 1 or len(cores) < 2:
+        say(
+            f"{len(cores)} usable core(s): the server ({max(1, server_cores)} core(s)) and the "
+            "client cannot be pinned apart"
+        )
         return unpinned
     if not starts_server:
         say("the server was not started by the bench: only the client is pinned")
-    rest = cores[1:]
+    rest = cores[max(1, server_cores) :]
     clients: list[set[int] | None] = [{rest[i % len(rest)]} for i in range(procs)]
     if procs > len(rest):
         say(f"{procs} client processes share {len(rest)} core(s): they compete for them")
-    return Pinning({cores[0]} if starts_server else None, clients)
+    server = set(cores[: max(1, server_cores)]) if starts_server else None
+    return Pinning(server, clients)
 
 
 @contextlib.contextmanager
@@ -391,7 +401,8 @@ def run_bench(
     exe = choose_client(opts.client, say)
     procs = opts.procs or (1 if exe is not None else default_procs())
     procs = min(procs, opts.connections)
-    pinning = plan_pinning(opts.pin, procs, target is not None, say)
+    share = opts.processes if target and "processes" in target_features(target) else 1
+    pinning = plan_pinning(opts.pin, procs, target is not None, say, share)
     # The server holds every connection; this process the idle ones; each client process
     # its share. Children inherit the raised limit.
     needed = opts.connections + opts.idle_connections + 256

@@ -192,28 +192,48 @@ def core_usage_pct(
 # -- /proc ----------------------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (chapter 7's master and its workers)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    queue.extend(int(child) for child in f.read().split())
+    return found
+
+
 def proc_cpu_seconds(pid: int) -> tuple[float, float] | None:
-    """(utime + stime, stime) of a process (all its threads), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = data[data.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLK_TCK, stime / CLK_TCK
+    """(utime + stime, stime) of a process and the processes under it (all their
+    threads), in seconds: a server that forks workers (chapter 7) is measured whole."""
+    total = system = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            if member == pid:
+                return None
+            continue  # a worker that just exited
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        fields = data[data.rindex(b")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+        system += int(fields[12])
+    return total / CLK_TCK, system / CLK_TCK
 
 
 def proc_rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
+    """Resident memory of a process and the processes under it (their shared pages are
+    counted once per process, as ps does)."""
+    total = None
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+                    total = (total or 0) + int(line.split()[1])
+    return total
 
 
 # -- the server subprocess -------------------------------------------------------------------
@@ -230,6 +250,7 @@ class ServerSettings:
     flood: bool = False
     flood_counter: int = 10
     workers: int = 4
+    processes: int = 1  # WorkerProcesses (chapter 7; the others run one process)
 
 
 def load_config(settings: ServerSettings, database: Path) -> str:
@@ -251,6 +272,7 @@ def load_config(settings: ServerSettings, database: Path) -> str:
             f"Sock_FloodAttackKickEnable = {int(settings.flood)}",
             f"Sock_FloodKickCounter = {settings.flood_counter}",
             f"ProcMsgRecvWorkThreadCount = {settings.workers}",
+            f"WorkerProcesses = {settings.processes}",
             f"UserDatabase = {database}",
             f"PasswordHashIterations = {settings.hash_iterations}",
             "",
