@@ -225,6 +225,7 @@ class MasterLike(ServerLike, Protocol):
     def quit(self) -> None: ...
 
 
+# --8<-- [start:master]
 class _Master:
     """What the command line does for a master process (chapter 7), in order: detach when
     ``Daemon = 1`` and name the process, before the server forks its workers; once it
@@ -245,7 +246,7 @@ class _Master:
         self._done: Callable[[int], None] | None = None
 
     def before_start(self, err: Console) -> Console:
-        """Detach if asked; the console start-up errors go to (the terminal, still)."""
+        """Detach if asked; returns the console for start-up errors (the terminal, still)."""
         if self.daemon:
             terminal, self._done = daemonize(self._log)
             err = Console(file=terminal, stderr=True)
@@ -275,6 +276,10 @@ class _Master:
             self.pid_file.unlink(missing_ok=True)
 
 
+# --8<-- [end:master]
+
+
+# --8<-- [start:daemonize]
 def daemonize(log: int) -> tuple[TextIO, Callable[[int], None]]:
     """Leave the terminal. C++ (nginx): ngx_daemon. Fork (the command can return to the
     shell), ``setsid`` (a session of our own, with no controlling terminal), fork again (so
@@ -303,6 +308,9 @@ def daemonize(log: int) -> tuple[TextIO, Callable[[int], None]]:
         terminal.close()
 
     return terminal, done
+
+
+# --8<-- [end:daemonize]
 
 
 def _run_dashboard(

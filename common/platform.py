@@ -21,6 +21,7 @@ def require_epoll() -> None:
         )
 
 
+# --8<-- [start:set_title]
 def set_title(title: str) -> None:
     """Name this process for ``ps`` and ``top`` (chapter 7: ``pynginx: worker 2``). C++
     (nginx): ngx_setproctitle. With the optional ``setproctitle`` package (``pip install
@@ -33,3 +34,6 @@ def set_title(title: str) -> None:
             Path("/proc/self/comm").write_text(title[:15])
     else:
         setproctitle(f"pynginx: {title}")
+
+
+# --8<-- [end:set_title]
