@@ -65,8 +65,7 @@ class Master(ServerLifecycle):
         self.config, self.clock = config, clock
         self.reuse_port = config.get_bool("ListenReusePort")
         self.children: dict[int, Child] = {}  # by pidfd
-        self.generation = 0
-        self.counts = {"respawns": 0, "reloads": 0}
+        self.generation, self.counts = 0, {"respawns": 0, "reloads": 0}
         self._retired: dict[str, Any] = {}  # what the workers that exited had counted
         self._lock = threading.RLock()  # children, their channels, the counts
         self._asked: list[tuple[str, Config | None]] = []  # reloads and quits, for the loop
@@ -181,6 +180,8 @@ class Master(ServerLifecycle):
     def _reload(self, config: Config | None) -> None:
         """C++ (nginx): ngx_reconfigure. The new workers first; only once they serve do
         the old ones drain. A config that fails leaves the old workers serving."""
+        if self.listeners[0].fileno() < 0:  # quitting: too late to reload (nginx agrees)
+            return
         try:
             config = config or Config.load(self.config.source)
             self._start(config, self.generation + 1)
@@ -195,8 +196,7 @@ class Master(ServerLifecycle):
         notice(log, "reloaded: generation %d serves, the old workers drain", self.generation)
 
     def _stop_accepting(self, command: str) -> None:
-        """Refuse new clients (not queue them for no one); ``command`` to every worker."""
-        close_listening_sockets(self.listeners)
+        close_listening_sockets(self.listeners)  # a new client is refused, not queued for no one
         with self._lock:
             self._tell(list(self.children.values()), command)
 

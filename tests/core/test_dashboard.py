@@ -73,6 +73,8 @@ def expected_groups(features: frozenset[str]) -> set[str]:
         groups |= {"Pool", "Defences"}  # the online limit and the storm guard come with it
     if "sendqueue" in features:
         groups.add("Queues")
+    if "processes" in features:
+        groups.add("Workers")  # a row per worker process
     return groups
 
 
