@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -72,6 +73,7 @@ def log_as(name: str) -> None:
     ``worker 2``). A fresh handler on a fresh stream: in a process just forked, a lock
     that another thread of the parent held in the old ones would stay held forever."""
     stream = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stderr = stream  # (a traceback printed by a thread goes there too)
     setup_logging(logging.getLogger().level, Console(file=stream))
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"{name} [{os.getpid()}]: %(message)s"))
