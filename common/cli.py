@@ -167,7 +167,12 @@ def serve(
         )
         return _started(master, 1)
     if master is not None:
-        master.serving(server)  # type: ignore[arg-type]
+        try:
+            master.serving(server)  # type: ignore[arg-type]
+        except OSError as exc:
+            server.shutdown()
+            startup_err.print(f"[bold red]error:[/] PidFile: {exc}", highlight=False)
+            return _started(master, 1)
         _started(master, 0)
 
     def serve_thread() -> None:
@@ -259,6 +264,7 @@ class _Master:
 
     def serving(self, server: MasterLike) -> None:
         if self.pid_file is not None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
             self.pid_file.write_text(f"{os.getpid()}\n")
         # Both only ask the master's loop to act (the handler runs on the main thread).
         for signum, action in zip(MASTER_SIGNALS, (server.reload, server.quit), strict=True):

@@ -439,3 +439,16 @@ def test_dashboard_has_a_row_per_worker_and_the_limit_of_all(serve):
     for pid in worker_pids(srv):
         assert re.search(rf"#\d pid {pid} serving +online \d", text), text
     assert re.search(r"│ online\s+1/200 ", text)  # 100 per worker, two workers
+
+
+@pytest.mark.parametrize("chapter", PROCESS_CHAPTERS)
+def test_a_pid_file_that_cannot_be_written_is_a_clear_error(chapter, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    conf = tmp_path / "nginx.conf"
+    extra = f"PidFile = {tmp_path / 'a-file' / 'master.pid'}\n"  # under a file: no such dir
+    conf.write_text(LOAD_CONFIG.format(db=tmp_path / "users.sqlite3") + extra)
+    proc = Proc(["-m", f"chapters.{chapter}", "--config", str(conf), "--log-level", "info"])
+    assert proc.finish(STOP_TIMEOUT) == 1
+    assert "error: PidFile:" in proc.text and "Traceback" not in proc.text
+    pids = [int(pid) for pid in SERVES.findall(proc.text)]
+    assert len(pids) == 2 and not any(exists(pid) for pid in pids)  # stopped, and reaped
