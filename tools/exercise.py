@@ -179,8 +179,9 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _work_option(work: Path) -> str:
-    return "" if work.resolve() == DEFAULT_WORK.resolve() else f" --work {work}"
+def _command(work: Path) -> str:
+    """How to call the tool for this work folder (``--work`` comes before the command)."""
+    return COMMAND if work.resolve() == DEFAULT_WORK.resolve() else f"{COMMAND} --work {work}"
 
 
 def existing_copy(exercise: Exercise, work: Path = DEFAULT_WORK) -> Path:
@@ -188,7 +189,7 @@ def existing_copy(exercise: Exercise, work: Path = DEFAULT_WORK) -> Path:
     if not (copy / "__init__.py").is_file():
         raise ExerciseError(
             f"no copy for exercise {exercise.id} yet ({_shown(copy)} does not exist): "
-            f"start with: {COMMAND} start {exercise.id}{_work_option(work)}"
+            f"start with: {_command(work)} start {exercise.id}"
         )
     return copy
 
@@ -221,7 +222,7 @@ def start(exercise: Exercise, work: Path = DEFAULT_WORK, *, force: bool = False)
 
 
 def start_message(exercise: Exercise, copy: Path, work: Path) -> str:
-    where = _work_option(work)
+    tool = _command(work)
     return "\n".join(
         [
             f"Exercise {exercise.id}: {exercise.title}",
@@ -234,9 +235,9 @@ def start_message(exercise: Exercise, copy: Path, work: Path) -> str:
             f"Why, hints and the solution: {PAGE}#{exercise.anchor} "
             f"(make serve-docs, then http://127.0.0.1:8000/exercises/#{exercise.anchor})",
             "",
-            f"Check it:       {COMMAND} check {exercise.id}{where}",
-            f"Your changes:   {COMMAND} diff {exercise.id}{where}",
-            f"Serve your copy: {COMMAND} run {exercise.id}{where} --port 5679",
+            f"Check it:        {tool} check {exercise.id}",
+            f"Your changes:    {tool} diff {exercise.id}",
+            f"Serve your copy: {tool} run {exercise.id} --port 5679",
         ]
     )
 
@@ -423,8 +424,8 @@ def apply_solution(exercise: Exercise, work: Path = DEFAULT_WORK) -> list[str]:
     if diff(exercise, work):
         raise ExerciseError(
             f"your copy {_shown(copy)} has changes ('diff {exercise.id}' shows them); the "
-            f"solution applies to a fresh copy: {COMMAND} start {exercise.id}"
-            f"{_work_option(work)} --force (keeps yours as .bak), then --apply again"
+            f"solution applies to a fresh copy: {_command(work)} start {exercise.id} --force "
+            "(keeps yours as .bak), then --apply again"
         )
     return apply_patch(solution(exercise), copy)
 
@@ -518,7 +519,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         table.add_row(exercise.id, exercise.chapter, exercise.title, state)
     console = Console()
     console.print(table)
-    console.print(f"Start one: {COMMAND} start 1.1   (task, hints, solutions: {PAGE})")
+    console.print(f"Start one: {_command(args.work)} start 1.1   (the tasks: {PAGE})")
     return 0
 
 
