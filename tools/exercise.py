@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import os
 import re
 import shutil
@@ -473,6 +474,12 @@ def check(exercise: Exercise, work: Path = DEFAULT_WORK, *, capture: bool = True
     """Run the exercise's check against its copy (pytest, in a process of its own, so the
     copy is imported fresh, as it is now)."""
     existing_copy(exercise, work)
+    for module, name in (("pytest", "pytest"), ("pytest_timeout", "pytest-timeout")):
+        if importlib.util.find_spec(module) is None:
+            raise ExerciseError(
+                f"{name} is not installed in {sys.executable}: the checks need it. "
+                "make test sets up .venv with it (or: pip install -e '.[test]')"
+            )
     try:
         done = subprocess.run(
             check_command(exercise),

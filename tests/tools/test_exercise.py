@@ -202,6 +202,17 @@ def test_check_says_pass_or_not_yet(tmp_path, capsys):
     assert "PASS: exercise 6.1 is done" in out
 
 
+def test_check_without_pytest_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    main(capsys, tmp_path, "start", "6.1")
+    real = ex.importlib.util.find_spec
+    monkeypatch.setattr(
+        ex.importlib.util, "find_spec", lambda name: None if name == "pytest" else real(name)
+    )
+    code, _, err = main(capsys, tmp_path, "check", "6.1")
+    assert code == 2
+    assert err.startswith("error: pytest is not installed") and "make test" in err
+
+
 def test_a_copy_that_does_not_import_is_reported(tmp_path, capsys):
     main(capsys, tmp_path, "start", "3.1")
     (tmp_path / "03_pool_ex1" / "pool.py").write_text("def broken(:\n")
