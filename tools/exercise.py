@@ -249,7 +249,10 @@ def start_message(exercise: Exercise, copy: Path, work: Path) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise ExerciseError(f"{_shown(path)} is not UTF-8 text: a patch cannot hold it") from None
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"  # a patch of ours is line-based; a missing last newline is noise
     return lines
@@ -260,7 +263,12 @@ def diff(exercise: Exercise, work: Path = DEFAULT_WORK) -> str:
     paths relative to the chapter folder (the form of ``exercises/solutions/*.patch``)."""
     copy = existing_copy(exercise, work)
     original = chapter_path(exercise)
-    before, after = chapter_files(original), chapter_files(copy)
+    before = chapter_files(original)
+    # An editor's swap and backup files (.server.py.swp, server.py~) are not the reader's
+    # changes.
+    after = {
+        rel for rel in chapter_files(copy) if not Path(rel).name.startswith(".") and rel[-1] != "~"
+    }
     out: list[str] = []
     for rel in sorted(before | after):
         old = _read_lines(original / rel) if rel in before else []
@@ -678,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExerciseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a work folder that cannot be written, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -230,6 +230,7 @@ def test_diff_shows_the_changes_and_round_trips_through_apply(tmp_path, capsys):
     text = server.read_text()
     server.write_text(text.replace("RECV_SIZE = 65536", "RECV_SIZE = 4096") + "# end\n")
     (tmp_path / "02_epoll_ex1" / "notes.txt").write_text("a new file\n")
+    (tmp_path / "02_epoll_ex1" / ".server.py.swp").write_bytes(b"\xff\x00 an editor's")
     code, patch, _ = main(capsys, tmp_path, "diff", "2.1")
     assert code == 0
     assert "-RECV_SIZE = 65536\n+RECV_SIZE = 4096\n" in patch
@@ -237,7 +238,11 @@ def test_diff_shows_the_changes_and_round_trips_through_apply(tmp_path, capsys):
     fresh = tmp_path / "fresh"
     ex.start(ex.find("2.1"), fresh)
     assert sorted(ex.apply_patch(patch, fresh / "02_epoll_ex1")) == ["notes.txt", "server.py"]
+    (tmp_path / "02_epoll_ex1" / ".server.py.swp").unlink()
     assert tree_digest(fresh / "02_epoll_ex1") == tree_digest(tmp_path / "02_epoll_ex1")
+    (tmp_path / "02_epoll_ex1" / "data.bin").write_bytes(b"\xff\xfe")
+    code, _, err = main(capsys, tmp_path, "diff", "2.1")
+    assert code == 2 and "data.bin is not UTF-8 text" in err
 
 
 def test_solution_prints_the_patch_and_apply_wants_a_fresh_copy(tmp_path, capsys):
@@ -334,3 +339,11 @@ def test_malformed_patches_are_refused(tmp_path, patch):
     with pytest.raises(ex.PatchError):
         ex.apply_patch(patch, tmp_path)
     assert (tmp_path / "x.py").read_text() == "a\n"
+
+
+def test_a_work_folder_that_cannot_be_made_is_an_error_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = main(capsys, blocker / "work", "start", "1.1")
+    assert code == 1
+    assert err.startswith("error: ") and "Traceback" not in out + err
