@@ -534,7 +534,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         table.add_row(exercise.id, exercise.chapter, exercise.title, state)
     console = Console()
     console.print(table)
-    console.print(f"Start one: {_command(args.work)} start 1.1   (the tasks: {PAGE})")
+    print(f"Start one: {_command(args.work)} start 1.1   (the tasks: {PAGE})")
     return 0
 
 
