@@ -462,6 +462,8 @@ def check_command(exercise: Exercise) -> list[str]:
         "--tb=short",
         "-p",
         "no:cacheprovider",  # no .pytest_cache written by a check
+        "-p",
+        "no:hypothesispytest",  # the checks use no hypothesis; its plugin costs 1 s of start-up
         "--timeout=60",
     ]
 
