@@ -38,6 +38,16 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
+def bytecode_caches() -> list[Path]:
+    """The __pycache__ folders in exercises/ (the readers' copies aside): the checks run
+    with PYTHONDONTWRITEBYTECODE, so they must not add any."""
+    return sorted(
+        path
+        for path in (ROOT / "exercises").rglob("__pycache__")
+        if "work" not in path.relative_to(ROOT / "exercises").parts
+    )
+
+
 # -- every exercise: fails as the chapter is, passes with its solution --------------------
 
 
@@ -46,6 +56,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ex.Chec
     """Every exercise's check on an untouched copy and on a solved copy, run in parallel
     (each check is a pytest process of its own); the repository must not change."""
     before = {name: tree_digest(ROOT / name) for name in ("exercises", "chapters")}
+    caches = bytecode_caches()
     untouched, solved = tmp_path_factory.mktemp("untouched"), tmp_path_factory.mktemp("solved")
     for exercise in ex.CATALOGUE:
         ex.start(exercise, untouched)
@@ -59,6 +70,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ex.Chec
         results = list(pool.map(lambda job: ex.check(*job), jobs))
     after = {name: tree_digest(ROOT / name) for name in ("exercises", "chapters")}
     assert after == before, "running the checks changed files in the repository"
+    assert bytecode_caches() == caches, "a check left bytecode in exercises/"
     for work in (untouched, solved):
         assert not list(work.rglob("__pycache__")), "a check left bytecode in a copy"
     by_id: dict[str, list[ex.CheckResult]] = {}
