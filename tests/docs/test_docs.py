@@ -259,9 +259,7 @@ COMMANDS_KNOWN_BROKEN = {
     **{f"docs/chapters/{n}.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
     **{f"chapters/{n}/README.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
     **{f"chapters/{n}/README.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
-    "docs/security.md": _LEAD,
     "docs/benchmarks.md": _LEAD,
-    "docs/cpp-map.md": _LEAD,
 }
 
 
