@@ -257,9 +257,7 @@ _LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's pag
 COMMANDS_KNOWN_BROKEN = {
     **{f"docs/chapters/{n}.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
     **{f"chapters/{n}/README.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
-    "docs/security.md": _LEAD,
     "docs/benchmarks.md": _LEAD,
-    "docs/cpp-map.md": _LEAD,
 }
 
 
