@@ -74,6 +74,7 @@ class ConnectionPool:
             clock,
         )
 
+    # --8<-- [start:reuse]
     def acquire(self) -> Connection:
         with self._lock:
             if self._free:
@@ -97,6 +98,8 @@ class ConnectionPool:
                 self._free.append(self._recycling.popleft()[1])
                 moved += 1
         return moved
+
+    # --8<-- [end:reuse]
 
     def _recycler(self) -> None:
         while True:
