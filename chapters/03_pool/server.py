@@ -116,7 +116,6 @@ class Server(ServerLifecycle):
 
     # --8<-- [end:on_accept]
 
-    # --8<-- [start:accept_failed]
     def _accept_failed(self, exc: OSError) -> None:
         """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
         conditions to retry: count, try again later, never stop the server."""
@@ -125,8 +124,6 @@ class Server(ServerLifecycle):
         if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: see ACCEPT_PAUSE
             log.error("accept: %s; pausing accepts", exc.strerror)
             self.loop.pause_accepting()
-
-    # --8<-- [end:accept_failed]
 
     # --8<-- [start:on_readable]
     def on_readable(self, conn: Connection) -> None:

@@ -255,9 +255,7 @@ _COMMAND = re.compile(r"(?P<venv>\.venv/bin/)?python3? -m (?P<module>[\w.]+)(?P<
 _REWRITE = "written before the .venv convention; the chapter rewrite fixes it"
 _LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's page to fix"
 COMMANDS_KNOWN_BROKEN = {
-    **{f"docs/chapters/{n}.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
     **{f"docs/chapters/{n}.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
-    **{f"chapters/{n}/README.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
     **{f"chapters/{n}/README.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
     "docs/security.md": _LEAD,
     "docs/benchmarks.md": _LEAD,
