@@ -72,13 +72,13 @@ class Server(ServerLifecycle):
                     continue
                 self._serve_client(sock, addr)
 
+    # --8<-- [end:serve]
+
     def _accept_failed(self, exc: OSError) -> None:
         """accept(2) documents its errors (ECONNABORTED, EMFILE, ENOBUFS, EPROTO ...) as
         conditions to retry: count, try again later, never stop the server."""
         self.counters.add(f"accept_errors.{errno.errorcode.get(exc.errno, '?').lower()}")
         log.debug("accept: %s", exc.strerror or exc)
-
-    # --8<-- [end:serve]
 
     # --8<-- [start:serve_client]
     def _serve_client(self, sock: socket.socket, addr: tuple[str, int]) -> None:
@@ -109,6 +109,8 @@ class Server(ServerLifecycle):
             self.counters.add("closed")
             log.info("closed %s:%d", *addr)
 
+    # --8<-- [end:serve_client]
+
     def _wake(self) -> None:
         """shutdown(), from another thread: wake select() and the served client's recv()."""
         self._wake_w.send(b"x")
@@ -116,5 +118,3 @@ class Server(ServerLifecycle):
         if client is not None:
             with contextlib.suppress(OSError):  # it may have closed meanwhile
                 client.shutdown(socket.SHUT_RDWR)
-
-    # --8<-- [end:serve_client]
