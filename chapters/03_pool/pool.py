@@ -74,7 +74,6 @@ class ConnectionPool:
             clock,
         )
 
-    # --8<-- [start:reuse]
     def acquire(self) -> Connection:
         with self._lock:
             if self._free:
@@ -83,6 +82,7 @@ class ConnectionPool:
             self._all.append(conn)
             return conn
 
+    # --8<-- [start:reuse]
     def retire(self, conn: Connection) -> None:
         conn.detach()  # bumps the generation: every recorded reference is now stale
         with self._lock:
