@@ -257,9 +257,7 @@ _LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's pag
 COMMANDS_KNOWN_BROKEN = {
     **{f"docs/chapters/{n}.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
     **{f"chapters/{n}/README.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
-    "docs/security.md": _LEAD,
     "docs/benchmarks.md": _LEAD,
-    "docs/cpp-map.md": _LEAD,
 }
 
 
