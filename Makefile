@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: lint docs
 	$(PY) -m pytest

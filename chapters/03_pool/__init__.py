@@ -4,7 +4,8 @@ Builds on chapter 2; adds the connection pool. Connection objects are created up
 reused; each carries a generation number, bumped when it is handed out and when it is
 retired, so anything that refers to a connection later can tell "still the same client"
 from "closed, maybe reused". Closed connections wait in a recycle queue before reuse; the
-pool also enforces the online-user limit and the connect/disconnect storm guard.
+pool also enforces the online-user limit and the connect/disconnect storm guard, and the
+server pauses accepting when it runs out of descriptors.
 """
 
 TITLE = "Chapter 3 (03_pool)"

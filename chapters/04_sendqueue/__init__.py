@@ -4,7 +4,8 @@ Builds on chapter 3; adds the worker pool and the send queue. The event loop onl
 parses and hands complete packets to a pool of worker threads; the workers run the
 (now expensive) logic and put replies on a send queue; a send thread woken by a semaphore
 writes them, falling back to EPOLLOUT when the kernel buffer is full. A slow login no
-longer stalls every other client, and a client that does not take its replies is kicked.
+longer stalls every other client, and a client that does not take its replies is read no
+more until it does (backpressure), so what it costs the server stays bounded.
 """
 
 TITLE = "Chapter 4 (04_sendqueue)"

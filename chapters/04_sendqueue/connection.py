@@ -65,6 +65,7 @@ class Connection:
         self._reset()
         self.closed = True
 
+    # --8<-- [start:attach]
     def attach(
         self,
         sock: socket.socket,
@@ -101,6 +102,8 @@ class Connection:
         self.fd = -1
         self.out = bytearray()
         self.closed = True
+
+    # --8<-- [end:attach]
 
     def finished(self) -> bool:
         """The client half-closed and is owed nothing more: time to close."""

@@ -82,6 +82,7 @@ class ConnectionPool:
             self._all.append(conn)
             return conn
 
+    # --8<-- [start:reuse]
     def retire(self, conn: Connection) -> None:
         conn.detach()  # bumps the generation: every recorded reference is now stale
         with self._lock:
@@ -97,6 +98,8 @@ class ConnectionPool:
                 self._free.append(self._recycling.popleft()[1])
                 moved += 1
         return moved
+
+    # --8<-- [end:reuse]
 
     def _recycler(self) -> None:
         while True:

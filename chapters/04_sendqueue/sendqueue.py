@@ -51,6 +51,7 @@ class SendQueue:
     def from_config(cls, config: Config, server: Server, counters: Counters) -> SendQueue:
         return cls(config.get_int("Sock_SendQueueLimit", minimum=1), server, counters)
 
+    # --8<-- [start:sendqueue]
     def put_many(self, replies: list[Reply]) -> None:
         """C++: msgSend, once for a whole batch of replies."""
         with self._room:
@@ -110,6 +111,7 @@ class SendQueue:
             self._server.close_connection(conn, "send failed", generation)
         elif finish:
             self._server.close_connection(conn, "peer closed, replies delivered", generation)
+        # --8<-- [end:sendqueue]
 
     def close(self) -> None:
         """Stop and join the send thread; queued replies are dropped."""

@@ -163,9 +163,6 @@ class Server(ServerLifecycle):
                 self._update_mask(conn)
             self.workers.submit(conn, conn.generation, packets)
 
-    # --8<-- [end:on_readable]
-
-    # --8<-- [start:run_logic]
     def run_logic(self, conn: Connection, generation: int, packets: list[Packet]) -> int:
         """Worker thread: answer one client's packets in order for one ``TURN``; return how
         many. C++: CLogicSocket::threadRecvProcFunc (with its iCurrsequence check)."""
@@ -195,7 +192,7 @@ class Server(ServerLifecycle):
             self.sendqueue.put_many(replies)
         return done
 
-    # --8<-- [end:run_logic]
+    # --8<-- [end:on_readable]
 
     # --8<-- [start:send]
     def resolved(self, conn: Connection, n: int) -> bool:

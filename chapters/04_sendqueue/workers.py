@@ -63,6 +63,7 @@ class WorkerPool:
     def from_config(cls, config: Config, job: Job) -> WorkerPool:
         return cls(config.get_int("ProcMsgRecvWorkThreadCount", minimum=1), job)
 
+    # --8<-- [start:schedule]
     def submit(self, conn: Connection, generation: int, packets: list[Packet]) -> None:
         """Queue what one read of ``conn`` parsed. C++: inMsgRecvQueueAndSignal."""
         with self._lock:
@@ -94,6 +95,7 @@ class WorkerPool:
                 again = inbox.scheduled = bool(inbox.packets)
             if again:
                 self._ready.put(inbox)  # more to do: back in line, behind the others
+        # --8<-- [end:schedule]
 
     @property
     def pending(self) -> int:

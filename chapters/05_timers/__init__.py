@@ -1,9 +1,10 @@
-"""Chapter 5: a heartbeat timer queue that reaps silent connections.
+"""Chapter 5: a heartbeat timer queue that reaps silent and stalled connections.
 
 Builds on chapter 4; adds the heartbeat timers. Every connection gets an entry in a
 time-ordered queue; a monitor thread takes the expired entries, re-arms them, and kicks a
-connection that has not pinged for too long (or, with ``Sock_TimeOutKick = 1``, every
-connection at its first check). An idle socket is no longer held forever.
+connection that has neither pinged nor taken its waiting replies for too long (or, with
+``Sock_TimeOutKick = 1``, every connection at its first check). An idle socket, or one
+that stopped reading, is no longer held forever.
 """
 
 TITLE = "Chapter 5 (05_timers)"

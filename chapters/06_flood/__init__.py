@@ -3,7 +3,7 @@
 Builds on chapter 5; adds flood detection. A client that sends packets faster than
 ``Sock_FloodTimeInterval`` ms apart ``Sock_FloodKickCounter`` times in a row is kicked, and
 a malformed header (length < 8 or > 29000) now closes the connection instead of being
-skipped. Every defence of the server is counted in one place of ``stats()``.
+skipped.
 """
 
 TITLE = "Chapter 6 (06_flood)"

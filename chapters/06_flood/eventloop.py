@@ -139,6 +139,7 @@ class EventLoop:
         """The client connections (not the listeners); safe to call from any thread."""
         return [conn for conn in list(self.conns.values()) if conn.whandler is not None]
 
+    # --8<-- [start:pause_accepting]
     def pause_accepting(self) -> None:
         """Stop watching the listening sockets for ``ACCEPT_PAUSE`` seconds."""
         already_paused = bool(self._accept_paused_until)
@@ -151,6 +152,8 @@ class EventLoop:
         self._accept_paused_until = 0.0
         for listener in self.listeners:
             self.epoll.register(listener.fd, listener.mask)
+
+    # --8<-- [end:pause_accepting]
 
     def in_loop_thread(self) -> bool:
         """On the loop's thread, or no thread runs the loop (a test driving it by hand)."""

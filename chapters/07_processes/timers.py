@@ -99,6 +99,7 @@ class HeartbeatTimers:
 
     # --8<-- [end:from_config]
 
+    # --8<-- [start:queue]
     def add(self, conn: Connection, generation: int) -> None:
         """C++: AddToTimerQueue (on accept)."""
         with self._cond:
@@ -133,6 +134,9 @@ class HeartbeatTimers:
                     self._insert(conn, generation, now + self.interval)
             return expired
 
+    # --8<-- [end:queue]
+
+    # --8<-- [start:verdict]
     def verdict(self, conn: Connection, now: float) -> str | None:
         """Why ``conn`` must be kicked at this check, if it must.
         C++: CLogicSocket::procPingTimeOutChecking.
@@ -148,10 +152,13 @@ class HeartbeatTimers:
             return None
         return "send_stall" if conn.out else "silence"
 
+    # --8<-- [end:verdict]
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._entries)
 
+    # --8<-- [start:monitor]
     def _monitor(self) -> None:
         """C++: ServerTimerQueueMonitorThread."""
         while True:
@@ -175,6 +182,8 @@ class HeartbeatTimers:
                     self._on_kick(conn, generation, why)
                 except Exception:
                     log.exception("heartbeat kick failed")
+
+    # --8<-- [end:monitor]
 
     def close(self) -> None:
         with self._cond:

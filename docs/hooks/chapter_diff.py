@@ -94,7 +94,7 @@ def render_diff(root: Path, name: str) -> str:
         plus = sum(1 for line in lines[2:] if line.startswith("+"))
         minus = sum(1 for line in lines[2:] if line.startswith("-"))
         block = f'{fence} diff title="{title}"\n{body}\n{fence}'
-        summary = f"{diff.path} ({diff.status}: +{plus} -{minus})"
+        summary = f"`{diff.path}` ({diff.status}: +{plus} -{minus})"
         parts.append(f'??? abstract "{summary}"\n\n' + _indent(block) + "\n")
     return "\n".join(parts)
 

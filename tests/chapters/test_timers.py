@@ -170,6 +170,9 @@ def test_idle_client_is_kicked(serve):
         assert_closed_by_server(sock)  # within the socket's 10 s timeout
     wait_until(lambda: srv.stats()["kicks"]["silence"] == 1)
     assert srv.stats()["kicks"]["timeout"] == 0
+    # Kicked on the timer thread, released by the event loop: counted, and nobody online.
+    wait_until(lambda: srv.stats()["closed"] == 1 and srv.stats()["online"] == 0)
+    assert srv.server.loop.clients() == []
 
 
 def _caught_up(srv, clock: FakeClock) -> bool:

@@ -69,12 +69,6 @@ CHROMIUM_ARGS = [
 # this test's to edit). Each is expected to fail until then; strict, so a fixed page
 # turns the xfail into a failure that asks for its removal.
 KNOWN_BROKEN = {
-    "chapters/03_pool.md": "chapter 3's sequence diagram: '#1' cuts every label after it "
-    "(the punchline 'B gets A's login reply' is lost); fix in the chapter rewrite",
-    "chapters/04_sendqueue.md": "chapter 4's left-to-right flowchart renders with text "
-    "under 10 px at 1280 px; fix in the chapter rewrite (top-down layout)",
-    "chapters/02_epoll.md": "chapter 2's event-loop flowchart is too wide: its text is "
-    "7 px at 1280 px; fix in the chapter rewrite",
 }
 
 

@@ -204,7 +204,7 @@ def test_hook_renders_diff_and_file_table(tmp_path: Path):
     assert '    ``` diff title="chapters/02_b/server.py"\n    --- chapters/01_a/server.py\n' in out
     assert "    +# ;--8<-- [start:x]\n" in out  # escaped for pymdownx.snippets
     # one collapsed block per file, server.py first
-    assert out.index('??? abstract "server.py (changed') < out.index('??? abstract "README.md')
+    assert out.index('??? abstract "`server.py` (changed') < out.index('??? abstract "`README.md`')
     assert "| `server.py` | **changed** |" in out
     first = hook.render_placeholders("<!-- chapter-diff: 01 -->", tmp_path)
     assert first.startswith('!!! note "No diff for the first chapter"')
@@ -252,16 +252,9 @@ _INLINE = re.compile(r"(`+)(.+?)\1")
 _COMMAND = re.compile(r"(?P<venv>\.venv/bin/)?python3? -m (?P<module>[\w.]+)(?P<args>.*)")
 # Pages still written before this convention, not this change's to edit: each is expected
 # to fail (strict, so a fixed page turns its xfail into a failure asking for its removal).
-_REWRITE = "written before the .venv convention; the chapter rewrite fixes it"
 _LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's page to fix"
 COMMANDS_KNOWN_BROKEN = {
-    **{f"docs/chapters/{n}.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
-    **{f"docs/chapters/{n}.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
-    **{f"chapters/{n}/README.md": _REWRITE for n in ("01_listen", "02_epoll", "03_pool")},
-    **{f"chapters/{n}/README.md": _REWRITE for n in ("04_sendqueue", "05_timers", "06_flood")},
-    "docs/security.md": _LEAD,
     "docs/benchmarks.md": _LEAD,
-    "docs/cpp-map.md": _LEAD,
 }
 
 
