@@ -148,6 +148,16 @@ CATALOGUE: tuple[Exercise, ...] = (
         "bursts with short pauses no longer get through.",
         ("flood.py", "connection.py"),
     ),
+    Exercise(
+        "7.1",
+        "07_processes",
+        "bounded_drain",
+        "A bounded drain",
+        "Add the key WorkerShutdownTimeout (seconds, default 0: no bound, as nginx's "
+        "worker_shutdown_timeout): a worker draining gently (after a reload or SIGQUIT) that "
+        "still has clients after that long drains for good, as if the master had said t.",
+        ("master.py",),
+    ),
 )
 
 
