@@ -33,6 +33,7 @@ import itertools
 import logging
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -283,6 +284,13 @@ def capture(
     features = package.FEATURES
     title = getattr(package, "TITLE", name)
     config = Config.from_text(CONFIG, "<screenshot config>")
+    store = None
+    if "processes" in features:
+        # Two workers, as shipped; they share the user store, which must then be a file.
+        store = tempfile.TemporaryDirectory(prefix="screenshot-")
+        config = config.with_overrides(
+            WorkerProcesses=2, UserDatabase=f"{store.name}/users.sqlite3"
+        )
     server = importlib.import_module(f"chapters.{name}.server").Server(config)
     thread = threading.Thread(target=server.serve_forever, name=f"serve-{name}", daemon=True)
     thread.start()
@@ -340,6 +348,8 @@ def capture(
         finally:
             server.shutdown()
             thread.join(10)
+            if store is not None:
+                store.cleanup()
     console = Console(
         width=width,
         height=height,
