@@ -281,12 +281,12 @@ class CountedClock(FakeClock):
 def test_pool_from_config(pool_module):
     clock = FakeClock(100.0)
     pool = pool_module.ConnectionPool.from_config(
-        test_config(worker_connections=3, Sock_RecyConnectionWaitTime=0.5), clock
+        test_config(worker_connections=3, Sock_RecyConnectionWaitTime=3600), clock
     )
     try:
-        assert (pool.size, pool.total, pool.free, pool.recycle_wait) == (3, 3, 3, 0.5)
+        assert (pool.size, pool.total, pool.free, pool.recycle_wait) == (3, 3, 3, 3600)
         pool.retire(pool.acquire())
-        clock.now = 100.5  # on the clock given, its wait is over
+        clock.now = 3700.0  # an hour on the clock given (seconds on any other): over
         wait_until(lambda: pool.free == 3, timeout=10)  # and its own recycler returns it
     finally:
         pool.close()
@@ -323,3 +323,81 @@ def test_the_recycler_thread_is_a_named_daemon(pool_module):
     finally:
         pool.close()
     assert not pool._thread.is_alive()
+
+
+# -- unit: the connection object ----------------------------------------------------------
+
+connection_modules = feature_modules("pool", "connection")
+FRESH = {
+    "out": bytearray(),
+    "mask": 0,
+    "peer_closed": False,
+    "closed": False,
+    "in_flight": 0,
+    "last_ping": 0.0,
+    "sent_at": 0.0,
+    "timer_entry": None,
+    "flood_last": float("-inf"),
+    "flood_count": 0,
+}
+
+
+def test_a_pooled_object_starts_afresh_for_each_client(connection_modules):
+    """Nothing of one client survives into the next one's use of the object: not half a
+    packet in the parser, not unsent replies, not its heartbeat or flood history; and the
+    generation moves on at every hand-out and every retirement."""
+    (connection_mod,) = connection_modules
+    conn = connection_mod.Connection()
+    assert (conn.generation, conn.closed, conn.sock, conn.fd) == (0, True, None, -1)
+    a, b = socket.socketpair()
+    try:
+        assert conn.attach(a, ("first", 1), print, None) is conn
+        assert (conn.generation, conn.sock, conn.fd, conn.addr) == (1, a, a.fileno(), ("first", 1))
+        assert (conn.rhandler, conn.whandler, conn.closed) == (print, None, False)
+        assert list(conn.parser.feed(PING_PACKET[:5])) == []  # half a header, buffered
+        for name, value in [("out", bytearray(b"owed")), ("mask", 5), ("peer_closed", True)]:
+            setattr(conn, name, value)
+        for name, value in [("in_flight", 3), ("last_ping", 7.0), ("sent_at", 8.0)]:
+            if hasattr(connection_mod.Connection, name):
+                setattr(conn, name, value)
+        for name, value in [("timer_entry", (1.0,)), ("flood_last", 9.0), ("flood_count", 4)]:
+            if hasattr(connection_mod.Connection, name):
+                setattr(conn, name, value)
+        conn.detach()
+        assert (conn.generation, conn.sock, conn.fd, conn.out, conn.closed) == (
+            2,
+            None,
+            -1,
+            bytearray(),
+            True,
+        )
+        conn.attach(b, ("second", 2), print, print)
+        assert conn.generation == 3
+        for name, value in FRESH.items():
+            if hasattr(connection_mod.Connection, name):
+                assert getattr(conn, name) == value, name
+        assert len(list(conn.parser.feed(PING_PACKET))) == 1  # a whole ping, nothing before it
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_half_closed_client_is_finished_once_owed_nothing(connection_modules):
+    (connection_mod,) = connection_modules
+    a, b = socket.socketpair()
+    try:
+        conn = connection_mod.Connection().attach(a, ("c", 1), print, print)
+        assert not conn.finished()  # it has not half-closed
+        conn.peer_closed = True
+        assert conn.finished()
+        conn.out += b"owed"
+        assert not conn.finished()  # replies wait for it
+        conn.out.clear()
+        if hasattr(connection_mod.Connection, "in_flight"):
+            conn.in_flight = 1
+            assert not conn.finished()  # a request of its is still with the workers
+            conn.in_flight = 0
+            assert conn.finished()
+    finally:
+        a.close()
+        b.close()

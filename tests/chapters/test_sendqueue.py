@@ -662,16 +662,23 @@ worker_modules = feature_modules("sendqueue", "workers", "connection")
 
 class Job:
     """A worker job that records each call (client, generation, packets) and answers
-    ``turn`` packets per call (all by default). A call for a client in ``held`` waits at
-    the gate (once per client), so the test can act while a worker is busy with it."""
+    ``turn`` packets per call (all by default; a dict gives a turn per client). A call
+    for a client in ``held`` waits at the gate (once per client), so the test can act
+    while a worker is busy with it; a call for ``held_later`` waits at a gate of its own
+    (``entered_later``, ``gate_later``)."""
 
-    def __init__(self, held=(), turn: int | None = None, fail: object = None) -> None:
+    def __init__(
+        self, held=(), turn: int | dict | None = None, fail: object = None, held_later=None
+    ) -> None:
         self.calls: list[tuple[str, int, list]] = []
         self.held = set(held)
         self.turn = turn
         self.fail = fail
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.held_later = held_later
+        self.entered_later = threading.Event()
+        self.gate_later = threading.Event()
         self.lock = threading.Lock()
 
     def __call__(self, conn, generation: int, packets: list) -> int:
@@ -681,9 +688,14 @@ class Job:
             self.held.discard(conn.addr[0])
             self.entered.set()
             assert self.gate.wait(10), "gate never opened"
+        elif conn.addr[0] == self.held_later:
+            self.held_later = None
+            self.entered_later.set()
+            assert self.gate_later.wait(10), "the later gate never opened"
         if self.fail in packets:
             raise RuntimeError("a bug in the job")
-        return len(packets) if self.turn is None else min(self.turn, len(packets))
+        turn = self.turn.get(conn.addr[0]) if isinstance(self.turn, dict) else self.turn
+        return len(packets) if turn is None else min(turn, len(packets))
 
     def seen(self, name: str) -> list:
         with self.lock:
@@ -746,6 +758,35 @@ def test_a_turn_ends_and_the_rest_goes_first_next_time(worker_modules):
         wait_until(lambda: pool.pending == 0)
     finally:
         job.gate.set()
+        pool.close()
+
+
+def test_the_pending_count_keeps_other_clients_packets_when_a_turn_ends(worker_modules):
+    """A turn that ends with packets left adds them to the pending count, which still
+    holds the other clients' packets."""
+    workers_mod, connection_mod = worker_modules
+    job = Job(held={"a"}, turn={"a": 1}, held_later="b")
+    pool = workers_mod.WorkerPool(1, job)
+    a, b = _client(connection_mod, "a"), _client(connection_mod, "b")
+    try:
+        pool.submit(a, 1, [1, 2, 3])
+        assert job.entered.wait(10)
+        pool.submit(b, 1, ["b1", "b2"])
+        assert pool.pending == 2
+        job.gate.set()  # a's turn ends after one packet: 2 and 3 wait again, behind b
+        assert job.entered_later.wait(10)  # b's turn, held
+        assert pool.pending == 2  # a's two, nothing of b's (with the worker)
+        job.gate_later.set()
+        wait_until(lambda: len(job.calls) == 4 and pool.pending == 0)
+        assert job.calls == [
+            ("a", 1, [1, 2, 3]),
+            ("b", 1, ["b1", "b2"]),
+            ("a", 1, [2, 3]),
+            ("a", 1, [3]),
+        ]
+    finally:
+        job.gate.set()
+        job.gate_later.set()
         pool.close()
 
 
