@@ -307,6 +307,25 @@ def test_wake_makes_a_waiting_loop_look_at_its_condition(loop_and_pair):
     assert not runner.is_alive()
 
 
+def test_an_idle_loop_sleeps_until_something_happens(loop_and_pair):
+    """With no event and no pause, the loop waits in epoll with no timeout: over more
+    than a second it looks at its condition once, before its first wait, and never again
+    until it is woken (an idle server costs no CPU)."""
+    loop, *_ = loop_and_pair
+    looks = []
+    runner = threading.Thread(target=loop.run, args=(lambda: looks.append(1) or len(looks) > 1,))
+    runner.daemon = True
+    runner.start()
+    try:
+        wait_until(lambda: looks)
+        time.sleep(1.2)  # a loop polling with a timeout of a second would have looked again
+        assert len(looks) == 1
+    finally:
+        loop.wake()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+
+
 def test_a_wake_up_is_consumed(loop_and_pair):
     loop, *_ = loop_and_pair
     loop.wake()
@@ -394,6 +413,33 @@ def test_a_paused_listener_is_not_watched_until_the_pause_is_over(paused_loop):
         accepts.calls.append(("stop", None))
         loop.wake()
         runner.join(timeout=10)
+
+
+def test_after_a_pause_the_loop_sleeps_until_something_happens(pause_modules):
+    """Once the pause is over and the listener is watched again, an idle loop waits in
+    epoll with no timeout again, as before the pause."""
+    eventloop_mod, connection_mod = pause_modules
+    server = socket.create_server(("127.0.0.1", 0))  # nobody connects to it
+    clock = FakeClock(100.0)
+    listener = connection_mod.Connection().attach(server, ("l", 0), print, None)
+    loop = eventloop_mod.EventLoop([listener], Counters(eventloop_mod.EventLoop.COUNTERS), clock)
+    looks = []
+    runner = threading.Thread(target=loop.run, args=(lambda: looks.append(1) or len(looks) > 1,))
+    runner.daemon = True
+    try:
+        loop.pause_accepting()
+        clock.now = 100.5  # the pause is over at the loop's first look
+        runner.start()
+        wait_until(lambda: looks)
+        time.sleep(1.2)  # a loop polling with a timeout of a second would have looked again
+        assert len(looks) == 1
+    finally:
+        loop.wake()
+        if runner.ident is not None:
+            runner.join(timeout=10)
+        loop.close()
+        server.close()
+    assert not runner.is_alive()
 
 
 def test_a_closed_connection_ends_the_pause_at_once(paused_loop):
