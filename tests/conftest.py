@@ -127,9 +127,13 @@ class FakeClock:
 
 def feature_modules(feature: str, *modules: str) -> Callable[..., tuple[ModuleType, ...]]:
     """A fixture over every chapter with ``feature``: the chapter's ``modules`` (e.g.
-    ``"timers", "connection"``), for unit tests of one subsystem."""
+    ``"timers", "connection"``), for unit tests of one subsystem. Each test that uses it is
+    marked ``unit``: ``-m unit -k 07_processes`` selects the unit tests of chapter 7 alone
+    (what ``make mutate`` runs against chapter 7's modules, see tools/mutate.py)."""
     names = [name for name in CHAPTERS if feature in load_chapter(name).FEATURES]
-    params = names or [pytest.param(None, marks=pytest.mark.skip(reason=f"no {feature}"))]
+    params = [pytest.param(name, marks=pytest.mark.unit) for name in names] or [
+        pytest.param(None, marks=pytest.mark.skip(reason=f"no {feature}"))
+    ]
 
     @pytest.fixture(params=params)
     def fixture(request: pytest.FixtureRequest) -> tuple[ModuleType, ...]:
@@ -330,6 +334,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "features(*names): chapter features the test needs")
+    config.addinivalue_line("markers", "unit: a test of one chapter module on its own")
 
 
 # -- socket helpers ----------------------------------------------------------------------

@@ -2,7 +2,13 @@
 
 ``make mutate`` (or ``python -m tools.mutate``) runs `mutmut <https://mutmut.readthedocs.io>`_
 over each module of :data:`MODULES`, each against its own test selection, and prints one
-line per module: mutants, killed, survived, equivalent, and the share killed.
+line per module: mutants, killed, survived, equivalent, and the share killed. The table
+holds the shared modules (``common/protocol.py``, ``logic.py``, ``config.py``, against
+``tests/core/``) and the subsystem modules of the newest chapter (``flood.py``,
+``timers.py``, ``pool.py``, ``sendqueue.py``, ``workers.py``, ``eventloop.py``,
+``connection.py`` of ``chapters/07_processes``, against that chapter's unit tests in
+``tests/chapters/``); the comment above the table says why ``master.py``, ``server.py``
+and ``listening.py`` are not in it. docs/testing.md has the figures of the last run.
 
 A *mutant* is the module with one small change (``<`` for ``<=``, ``+ 1`` for ``- 1``, a
 constant or a string altered, a statement's value replaced by ``None`` …). It is *killed*
@@ -46,7 +52,8 @@ Working on a survivor: the run prints its function and the changed line. In its 
 folder (``cd .mutate/common-protocol``), ``../../.venv/bin/mutmut show NAME`` prints the
 whole diff and ``../../.venv/bin/mutmut browse`` lists every mutant. Write the test of the
 behaviour the change breaks, then ``make mutate MUTATE_ARGS=common/protocol.py`` runs that
-row again.
+row again (``chapters/07_processes/timers.py`` for a chapter row, whose folder is
+``.mutate/chapters-07_processes-timers``).
 """
 
 from __future__ import annotations
@@ -74,10 +81,33 @@ ROOT = Path(__file__).resolve().parent.parent
 # mutant, only those selected tests that call the mutated function, but the selection is
 # run whole three times first (to time it, to record who calls what, to check it passes).
 # Adding a module is adding a row.
+#
+# The chapter rows mutate the newest chapter's copy of each subsystem (the older chapters
+# hold byte-identical copies or older versions) against that subsystem's unit tests, for
+# chapter 7 only: ``-m unit`` keeps the tests that use ``feature_modules`` (one module,
+# no server), ``-k 07_processes`` the chapter-7 parameter. The end-to-end tests are left
+# out on purpose: chapter 7 serves from forked worker processes, and mutmut records which
+# test calls which function in its own process only, so a call made in a worker is never
+# seen and those tests would only add their start-up time to every run.
+# Not mutated: master.py (it forks the workers, as above: none of its calls would be
+# seen, and each test starts processes), server.py (the handlers, reached only through
+# the workers) and listening.py (a few lines of socket set-up, exercised by every test).
+CHAPTER_UNIT_TESTS = ("-m", "unit", "-k", "07_processes")
 MODULES: dict[str, tuple[str, ...]] = {
     "common/protocol.py": ("tests/core/test_protocol.py",),
     "common/logic.py": ("tests/core/test_logic.py",),
     "common/config.py": ("tests/core/test_config.py",),
+    "chapters/07_processes/flood.py": ("tests/chapters/test_flood.py", *CHAPTER_UNIT_TESTS),
+    "chapters/07_processes/timers.py": ("tests/chapters/test_timers.py", *CHAPTER_UNIT_TESTS),
+    "chapters/07_processes/pool.py": ("tests/chapters/test_pool.py", *CHAPTER_UNIT_TESTS),
+    "chapters/07_processes/sendqueue.py": (
+        "tests/chapters/test_sendqueue.py",
+        *CHAPTER_UNIT_TESTS,
+    ),
+    "chapters/07_processes/workers.py": ("tests/chapters/test_sendqueue.py", *CHAPTER_UNIT_TESTS),
+    "chapters/07_processes/eventloop.py": ("tests/chapters/test_epoll.py", *CHAPTER_UNIT_TESTS),
+    # Every subsystem's unit tests build connections: they all make up its selection.
+    "chapters/07_processes/connection.py": ("tests/chapters", *CHAPTER_UNIT_TESTS),
 }
 # --8<-- [end:modules]
 
@@ -93,11 +123,14 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest
 KILLED = frozenset({"killed", "timeout", "segfault", "caught by type check"})
 NOT_KILLED = frozenset({"survived", "no tests", "suspicious", "skipped"})
 
-# A mutant is taken to hang (and so to be noticed) when its tests run this many times
-# longer than they did unmutated, plus a second. mutmut's default, 15, spends most of a
-# run waiting on the few mutants that loop forever; 5 is still well above the slow-down
-# that other jobs on the same two cores cause.
-TIMEOUT_MULTIPLIER = 5
+# A mutant is taken to hang (and so to be noticed) when its tests run longer than
+# TIMEOUT_MULTIPLIER x (their unmutated time + TIMEOUT_CONSTANT) seconds. mutmut's
+# defaults (15 and 1 s) spend most of a run waiting on the mutants that stop a thread the
+# tests wait on (a chapter module has dozens: the send thread, the timer monitor, the
+# workers): each would cost 15 s at least. 4 x (t + 0.5 s) = 4t + 2 s is still well above
+# the slow-down that other jobs on the same two cores cause to a mutant whose tests pass.
+TIMEOUT_MULTIPLIER = 4
+TIMEOUT_CONSTANT = 0.5
 
 # Tests that use hypothesis run its "mutation" profile (registered in
 # tests/core/test_protocol.py, the test module that reads HYPOTHESIS_PROFILE):
@@ -293,6 +326,7 @@ pytest_add_cli_args_test_selection = {toml_list(tests)}
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
 use_git_change_detection = false
 timeout_multiplier = {TIMEOUT_MULTIPLIER}
+timeout_constant = {TIMEOUT_CONSTANT}
 """
     with (workdir / "pyproject.toml").open("a", encoding="utf-8") as f:
         f.write(config)
@@ -447,14 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.mutate",
         description="Mutation testing with mutmut: each module in tools/mutate.py's MODULES "
-        "table is mutated and run against its own tests; survivors must be killed by a new "
-        "test or argued equivalent in tests/mutation-equivalents.md.",
+        "table (the common protocol, logic and config modules, and the newest chapter's "
+        "subsystems) is mutated and run against its own tests; survivors must be killed by "
+        "a new test or argued equivalent in tests/mutation-equivalents.md.",
     )
     parser.add_argument(
         "modules",
         nargs="*",
         metavar="MODULE",
-        help="only these rows of the table, e.g. common/protocol.py (default: all)",
+        help="only these rows of the table, e.g. common/protocol.py or "
+        "chapters/07_processes/timers.py (default: all; --list shows them)",
     )
     parser.add_argument(
         "-j",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.config import ConfigError
 from common.protocol import PING_PACKET, MsgCode, crc32, encode_packet, pack_header
 from tests.conftest import (
     CHAPTERS,
@@ -13,6 +14,7 @@ from tests.conftest import (
     feature_modules,
     load_chapter,
     recv_exactly,
+    test_config,
     wait_until,
 )
 
@@ -135,3 +137,41 @@ def test_detector_counts_consecutive_close_packets(flood_modules):
         verdicts.append(detector.check(conn, t))
     # first packet: count 0; two close ones: 1, 2; a gap resets to 0; then 1, 2, 3 -> kick
     assert verdicts == [False, False, False, False, False, False, True]
+
+
+def test_a_gap_of_exactly_the_interval_is_not_too_close(flood_modules):
+    """ "Closer than the interval" counts; a packet exactly one interval after the one
+    before does not, and starts the count again (0.125 is exact in binary)."""
+    flood_mod, conn_mod = flood_modules
+    detector = flood_mod.FloodDetector(0.125, 2)
+    conn = conn_mod.Connection()
+    t = 100.0
+    assert not detector.check(conn, t)
+    for _ in range(10):  # a client pinging on the interval itself, never kicked
+        t += 0.125
+        assert not detector.check(conn, t)
+    assert not detector.check(conn, t + 0.0625)  # one close packet: count 1 of 2
+    assert detector.check(conn, t + 0.0625)  # and a second: kicked
+
+
+def test_a_kick_count_of_one_kicks_the_first_close_packet(flood_modules):
+    flood_mod, conn_mod = flood_modules
+    detector = flood_mod.FloodDetector(0.125, 1)
+    conn = conn_mod.Connection()
+    assert not detector.check(conn, 100.0)  # a first packet is never close to anything
+    assert detector.check(conn, 100.0)
+
+
+def test_detector_from_config(flood_modules):
+    flood_mod, _ = flood_modules
+    assert flood_mod.FloodDetector.from_config(test_config(Sock_FloodAttackKickEnable=0)) is None
+    detector = flood_mod.FloodDetector.from_config(test_config(**ORIGINAL))
+    assert (detector.interval, detector.kick_count) == (0.1, 10)  # milliseconds in the file
+    edge = test_config(
+        Sock_FloodAttackKickEnable=1, Sock_FloodTimeInterval=0, Sock_FloodKickCounter=1
+    )
+    detector = flood_mod.FloodDetector.from_config(edge)
+    assert (detector.interval, detector.kick_count) == (0.0, 1)  # the smallest values allowed
+    for bad in ({"Sock_FloodTimeInterval": -1}, {"Sock_FloodKickCounter": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            flood_mod.FloodDetector.from_config(test_config(**ORIGINAL | bad))

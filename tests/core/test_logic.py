@@ -20,10 +20,12 @@ from common.log import NOTICE, parse_level
 from common.logic import PING_OUTCOME, DropReason, Logic, Outcome, UserStore
 from common.protocol import (
     HEADER_LEN,
+    PING,
     PING_PACKET,
     Login,
     MsgCode,
     Packet,
+    ProtocolError,
     Register,
     Status,
 )
@@ -485,3 +487,85 @@ def test_a_failing_user_store_gives_an_error_reply_not_an_exception(tmp_path, ca
     assert [r.getMessage() for r in failures] == [
         "user store failed: Cannot operate on a closed database."
     ] * 2
+
+
+# -- one read's events: answer() and packets() ---------------------------------------------
+
+
+def _read_of_every_kind() -> list:
+    """One read's events as the parser hands them over: bare pings (the parser's shared
+    PING), a register, a malformed header, a packet with a bad CRC, a ping built anew."""
+    return [
+        PING,
+        packet(MsgCode.REGISTER, register_body("ann", "pw")),
+        ProtocolError(7, 0, "too short"),
+        packet(MsgCode.LOGIN, login_body("ann", "pw"), crc=1),
+        Packet(MsgCode.PING, 0, b""),  # equal to PING, not the same object
+        PING,
+    ]
+
+
+def test_answer_replies_in_request_order_and_counts_the_read(logic, caplog):
+    caplog.set_level(logging.INFO, logger="logic")
+    counters = Counters()
+    replies = logic.answer(_read_of_every_kind(), counters)
+    assert replies == [PING_PACKET, register_reply(Status.OK, "ann"), PING_PACKET, PING_PACKET]
+    assert counters.snapshot() == {
+        "malformed": 1,
+        "packets_in": 5,  # every complete packet, answered or dropped
+        "replies_out": 4,
+        "drops": {"bad_crc": 1},
+    }
+    [record] = [r for r in caplog.records if r.name == "logic"]
+    assert (record.levelno, record.getMessage()) == (
+        logging.INFO,
+        "malformed header (length 7): skipped",
+    )
+
+
+def test_answer_of_a_read_with_two_malformed_headers(logic):
+    counters = Counters()
+    events = [ProtocolError(0, 0, "too short"), PING, ProtocolError(30000, 5, "too long")]
+    assert logic.answer(events, counters) == [PING_PACKET]
+    assert counters.snapshot() == {"malformed": 2, "packets_in": 1, "replies_out": 1}
+    counters = Counters()
+    assert logic.answer([], counters) == []
+    assert counters.snapshot() == {"packets_in": 0, "replies_out": 0}
+
+
+def test_packets_keeps_the_packets_of_a_read_in_order_and_counts_them(caplog):
+    caplog.set_level(logging.INFO, logger="logic")
+    counters = Counters()
+    events = _read_of_every_kind()
+    assert Logic.packets(events, counters) == [e for e in events if isinstance(e, Packet)]
+    assert counters.snapshot() == {"malformed": 1, "packets_in": 5}
+    [record] = [r for r in caplog.records if r.name == "logic"]
+    assert record.getMessage() == "malformed header (length 7): skipped"
+    counters = Counters()
+    assert Logic.packets([PING, PING], counters) == [PING, PING]  # nothing malformed
+    assert counters.snapshot() == {"packets_in": 2}
+    assert not [r for r in caplog.records if r.name == "logic"][1:]
+
+
+def test_a_handler_that_raises_is_logged_with_its_code(logic, monkeypatch, caplog):
+    def broken(_body: bytes) -> Outcome:
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setattr(logic, "_login", broken)
+    logic.handle(packet(MsgCode.LOGIN, login_body("u", "p")))
+    [record] = [r for r in caplog.records if r.name == "logic"]
+    assert record.getMessage() == "the LOGIN handler failed: request dropped"
+    assert record.exc_info[0] is RuntimeError
+
+
+def test_a_file_store_uses_the_write_ahead_log(tmp_path):
+    """A file store commits to a write-ahead log (the mode is kept in the file), so its
+    readers never wait for a writer; an in-memory store has no log to keep."""
+    path = tmp_path / "users.sqlite3"
+    store = UserStore(str(path), ITERATIONS)
+    try:
+        assert store.register("ann", "pw") == Status.OK
+        with sqlite3.connect(path) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ from common.protocol import (
     HD_RECVING,
     HEADER_LEN,
     PASSWORD_LEN,
+    PING,
     PING_PACKET,
     PKG_MAX_ACCEPTED,
     USERNAME_LEN,
@@ -498,3 +499,13 @@ def test_a_character_that_would_straddle_the_limit_is_dropped_whole(char):
     assert Login("u", password).encode()[USERNAME_LEN:] == (
         "p" * (PASSWORD_LEN - width)
     ).encode().ljust(PASSWORD_LEN, b"\0")
+
+
+def test_every_empty_packet_parses_to_its_own_fields_and_a_ping_to_the_shared_ping():
+    """A header of length 8 is a packet with no body: its code and CRC are kept as sent,
+    whatever they are; a bare ping (code 0, CRC 0) read whole is the one shared ``PING``
+    object, which Logic.answer recognises by identity (its fast path)."""
+    headers = [(0, 0), (1, 1), (0, 1), (1, 0), (0, 0)]
+    events = PacketParser().feed(b"".join(pack_header(HEADER_LEN, c, crc) for c, crc in headers))
+    assert events == [Packet(code, crc, b"") for code, crc in headers]
+    assert [event is PING for event in events] == [True, False, False, False, True]

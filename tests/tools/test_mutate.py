@@ -30,10 +30,40 @@ def test_every_row_names_an_existing_module_and_existing_tests():
     for module, tests in MODULES.items():
         assert (ROOT / module).is_file(), module
         assert module.endswith(".py")
-        assert tests, f"{module} has no tests"
-        for selection in tests:
+        paths = test_paths(tests)
+        assert paths, f"{module} has no tests"
+        for selection in paths:
             path = selection.split("::")[0]
             assert (ROOT / path).exists(), f"{module}: {selection} does not exist"
+
+
+def test_paths(args: tuple[str, ...]) -> list[str]:
+    """The test files and folders among a row's pytest arguments (options such as
+    ``-m unit`` and ``-k 07_processes`` and their values left out)."""
+    paths, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-m", "-k"):
+            skip = True
+        elif not arg.startswith("-"):
+            paths.append(arg)
+    return paths
+
+
+test_paths.__test__ = False  # type: ignore[attr-defined]  # a helper, despite the name
+
+
+def test_chapter_rows_select_the_newest_chapters_unit_tests():
+    """A row for a chapter module names that chapter in its -k, and every such row is the
+    newest chapter's (older chapters hold copies or older versions of the same files)."""
+    chapters = sorted(p.name for p in (ROOT / "chapters").iterdir() if p.name[:2].isdigit())
+    for module, tests in MODULES.items():
+        if module.startswith("chapters/"):
+            chapter = module.split("/")[1]
+            assert chapter == chapters[-1], module
+            assert tests[tests.index("-k") + 1] == chapter, module
+            assert tests[tests.index("-m") + 1] == "unit", module
 
 
 def function_lines(module: str, function: str) -> list[str]:
