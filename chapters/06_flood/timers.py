@@ -145,12 +145,17 @@ class HeartbeatTimers:
         its pings wait unread behind those replies (the server stops reading a client whose
         output waits), so a slow reader is never taken for a silent one. One that has done
         neither for ``ping_timeout`` goes: ``send_stall`` if replies wait for it (it stopped
-        reading), else ``silence``."""
+        reading), else ``silence``, unless requests of its are still with the workers: the
+        loop may then have stopped reading it (the receive window), so its pings may wait
+        unread, and the wait is the server's. Silence is only heard while the server
+        listens."""
         if not self.rearm:
             return "timeout"  # Sock_TimeOutKick = 1: every connection, at its first check
         if now - max(conn.last_ping, conn.sent_at) <= self.ping_timeout:
             return None
-        return "send_stall" if conn.out else "silence"
+        if conn.out:
+            return "send_stall"
+        return None if conn.in_flight else "silence"
 
     # --8<-- [end:verdict]
 

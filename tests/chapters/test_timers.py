@@ -86,6 +86,33 @@ def test_stale_entry_is_not_rearmed(chapter_modules):
     timers.close()
 
 
+def test_verdict_kicks_silence_only_while_the_server_listens(chapter_modules):
+    """Past the timeout with no ping and no byte taken: replies waiting make it a send
+    stall; requests still with the workers keep it (the loop may not be reading it, so
+    its pings may wait unread: the wait is the server's); with neither it is silence.
+    Under a CPU hog a slow reader's logins outlived the timeout on the workers and the
+    reader was kicked for silence, not for the stall it was."""
+    timers_mod, conn_mod = chapter_modules
+    clock = FakeClock(100.0)
+    timers = timers_mod.HeartbeatTimers(
+        0.25, lambda *a: None, ping_timeout=0.5, clock=clock, start_thread=False
+    )
+    conn = _conn(conn_mod)
+    conn.last_ping = conn.sent_at = clock.now
+    assert timers.verdict(conn, clock.now + 0.5) is None  # exactly on the timeout: kept
+    late = clock.now + 0.625
+    assert timers.verdict(conn, late) == "silence"
+    conn.in_flight = 3
+    assert timers.verdict(conn, late) is None
+    conn.out += b"reply"
+    assert timers.verdict(conn, late) == "send_stall"
+    conn.in_flight = 0
+    assert timers.verdict(conn, late) == "send_stall"
+    conn.sent_at = late - 0.25  # it took a byte of them within the timeout: alive
+    assert timers.verdict(conn, late) is None
+    timers.close()
+
+
 def test_remove_takes_the_connections_entry_out(chapter_modules):
     timers_mod, conn_mod = chapter_modules
     timers = timers_mod.HeartbeatTimers(

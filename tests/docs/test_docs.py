@@ -252,10 +252,7 @@ _INLINE = re.compile(r"(`+)(.+?)\1")
 _COMMAND = re.compile(r"(?P<venv>\.venv/bin/)?python3? -m (?P<module>[\w.]+)(?P<args>.*)")
 # Pages still written before this convention, not this change's to edit: each is expected
 # to fail (strict, so a fixed page turns its xfail into a failure asking for its removal).
-_LEAD = "bare `python -m` before any `source .venv/bin/activate`; the lead's page to fix"
-COMMANDS_KNOWN_BROKEN = {
-    "docs/benchmarks.md": _LEAD,
-}
+COMMANDS_KNOWN_BROKEN: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

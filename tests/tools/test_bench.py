@@ -22,7 +22,7 @@ from common.logic import Logic, UserStore
 from common.protocol import PING_PACKET, MsgCode, Packet, PacketParser, encode_packet, pack_header
 from tools.bench import BenchError, BenchOptions, BenchResult, native, parser_bench, run_bench
 from tools.bench.chart import nice_ticks, panels_from, render
-from tools.bench.cli import main
+from tools.bench.cli import _config, main
 from tools.bench.core import choose_client, compare_variants, defences_label, summarise
 from tools.bench.loadgen import Conn, RequestMaker, Stats
 from tools.bench.target import check_runnable, usable_cores
@@ -406,6 +406,22 @@ def test_a_client_bound_row_gets_no_ratio():
     # a client-bound base makes every ratio meaningless
     rebased = summarise([_result("02_epoll", 300, client_bound=True), _result("asyncio", 100)])
     assert [s.ratio for s in rebased] == [None, None]
+
+
+def test_a_comparison_names_each_way_its_runs_were_pinned():
+    """A two-process server takes both cores of a 2-core machine, so only the other target
+    is pinned: the table's header must not claim the first run's pinning for every row."""
+    pinned = _result("06_flood", 200)
+    pinned.pinned, pinned.server_cores, pinned.client_cores = True, [0], [[1]]
+    shared = _result("07_processes", 150)
+    opts = BenchOptions(chapter="06_flood")
+    text = _config(["--compare", "06_flood", "07_processes"], opts, [pinned, shared], 1, "off")
+    assert text["pinning"] == (
+        "server on core 0, client on core 1 (06_flood); "
+        "off (server and client share the cores) (07_processes)"
+    )
+    same = _config(["--chapter", "06_flood"], opts, [pinned, pinned], 1, "off")
+    assert same["pinning"] == "server on core 0, client on core 1"
 
 
 def test_defences_both_makes_two_rows_of_chapters_that_have_them():

@@ -349,7 +349,17 @@ def _config(
         "command": "python -m tools.bench " + shlex.join(argv),
         "client": "/".join(sorted({r.client for r in runs})),
         "client_detail": first.client_detail,
-        "pinning": pinning_text(first),
+        # Runs of one comparison can be pinned differently (a server with two worker
+        # processes takes both cores of a 2-core machine, so nothing is pinned for it):
+        # say each way once rather than the first run's for all.
+        "pinning": "; ".join(
+            dict.fromkeys(
+                f"{pinning_text(r)} ({r.label or r.target})"
+                if len({pinning_text(x) for x in runs}) > 1
+                else pinning_text(r)
+                for r in runs
+            )
+        ),
         "server_config": config_text(settings),
         "mode": opts.mode,
         "connections": opts.connections,
