@@ -262,14 +262,21 @@ class WatchedClock(FakeClock):
         return self.now
 
 
-def test_the_monitor_wakes_for_a_deadline_earlier_than_it_waits_for(chapter_modules, monkeypatch):
-    """The monitor, asleep on an empty queue, is woken by an entry added meanwhile: the
-    kick comes at that entry's deadline, not at the end of the long sleep."""
+def _long_sleeping_monitor(chapter_modules, monkeypatch):
+    """A running monitor whose longest sleep (MAX_SLEEP) is far past any test's deadline,
+    on a watched clock, kicking at the first check: only a wake-up can make it kick."""
     timers_mod, conn_mod = chapter_modules
-    monkeypatch.setattr(timers_mod, "MAX_SLEEP", 60.0)  # far past the test's deadline
+    monkeypatch.setattr(timers_mod, "MAX_SLEEP", 60.0)
     clock = WatchedClock(100.0)
     kicks = Kicks()
     timers = timers_mod.HeartbeatTimers(0.125, kicks, rearm=False, clock=clock)
+    return conn_mod, clock, kicks, timers
+
+
+def test_the_monitor_wakes_for_a_deadline_earlier_than_it_waits_for(chapter_modules, monkeypatch):
+    """The monitor, asleep on an empty queue, is woken by an entry added meanwhile: the
+    kick comes at that entry's deadline, not at the end of the long sleep."""
+    conn_mod, clock, kicks, timers = _long_sleeping_monitor(chapter_modules, monkeypatch)
     try:
         assert clock.read_by_other.wait(10)  # the monitor found the queue empty and sleeps
         conn = _conn(conn_mod)
@@ -312,11 +319,7 @@ def test_the_monitor_judges_every_entry_due_at_once(chapter_modules, caplog):
 def test_the_monitor_wakes_on_its_own_when_a_deadline_comes(chapter_modules, monkeypatch):
     """Nothing notifies the monitor when time passes: it sleeps until the earliest
     deadline (at most MAX_SLEEP), then takes what is due."""
-    timers_mod, conn_mod = chapter_modules
-    monkeypatch.setattr(timers_mod, "MAX_SLEEP", 60.0)  # far past the test's deadline
-    clock = WatchedClock(100.0)
-    kicks = Kicks()
-    timers = timers_mod.HeartbeatTimers(0.125, kicks, rearm=False, clock=clock)
+    conn_mod, clock, kicks, timers = _long_sleeping_monitor(chapter_modules, monkeypatch)
     try:
         conn = _conn(conn_mod)
         timers.add(conn, 1)  # due at 100.125

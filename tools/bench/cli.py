@@ -352,14 +352,9 @@ def _config(
         # Runs of one comparison can be pinned differently (a server with two worker
         # processes takes both cores of a 2-core machine, so nothing is pinned for it):
         # say each way once rather than the first run's for all.
-        "pinning": "; ".join(
-            dict.fromkeys(
-                f"{pinning_text(r)} ({r.label or r.target})"
-                if len({pinning_text(x) for x in runs}) > 1
-                else pinning_text(r)
-                for r in runs
-            )
-        ),
+        "pinning": pinning_text(first)
+        if len({pinning_text(r) for r in runs}) == 1
+        else "; ".join(dict.fromkeys(f"{pinning_text(r)} ({r.label or r.target})" for r in runs)),
         "server_config": config_text(settings),
         "mode": opts.mode,
         "connections": opts.connections,
